@@ -1,0 +1,267 @@
+/**
+ * Command-line parsing for vhost-device-can, kept free of side effects so it can be unit tested.
+ * A drop-in for rust-vmm's CLI (--socket-path/-s, --socket-count/-c, --can-devices/-d), plus our
+ * own options. Every bad input yields a message naming the option and what is expected.
+ */
+import { parseArgs } from 'node:util';
+import type { CanFeatureSwitches } from '../core/devices/can/can-device.js';
+import type { BusSpec } from '../node/can/can-daemon.js';
+import { isLogLevel, type LogLevel } from '../node/log.js';
+
+export interface CanCliOptions {
+  socketPath: string;
+  socketCount: number;
+  /** One per socket. */
+  buses: BusSpec[];
+  /** True when --can-devices was omitted (everything on the embedded virtual bus). */
+  defaultBus: boolean;
+  features: CanFeatureSwitches;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  maxQueueSize: number;
+  rxBacklog: number;
+  logLevel: LogLevel;
+  logFormat: 'text' | 'json';
+  statsInterval: number;
+}
+
+export type CanCliResult =
+  | { kind: 'run'; options: CanCliOptions }
+  | { kind: 'help' }
+  | { kind: 'version' }
+  | { kind: 'error'; message: string };
+
+export const MAX_SOCKET_COUNT = 64;
+
+const IFNAME = /^[A-Za-z0-9_.:-]{1,15}$/;
+const BUSNAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+/** Parses one --can-devices entry. */
+export function parseBusEntry(entry: string): BusSpec | string {
+  if (entry === 'virtual') return { kind: 'virtual', name: 'default' };
+  if (entry.startsWith('virtual:')) {
+    const name = entry.slice('virtual:'.length);
+    if (!BUSNAME.test(name))
+      return `bad virtual bus name "${name}" (letters, digits, _ . -; 1..64 characters)`;
+    return { kind: 'virtual', name };
+  }
+  if (entry.includes(':'))
+    return `unknown CAN device entry "${entry}" (expected IFNAME, virtual or virtual:NAME)`;
+  if (!IFNAME.test(entry))
+    return `bad host interface name "${entry}" (1..15 characters, no spaces or slashes)`;
+  return { kind: 'host', ifname: entry };
+}
+
+function intOption(
+  v: string | undefined,
+  name: string,
+  min: number,
+  max: number,
+  dflt: number,
+): number | string {
+  if (v === undefined) return dflt;
+  if (!/^[0-9]+$/.test(v)) return `--${name} expects an integer, got "${v}"`;
+  const n = Number(v);
+  if (n < min || n > max) return `--${name} must be between ${min} and ${max}, got ${n}`;
+  return n;
+}
+
+export function parseCanArgs(argv: readonly string[]): CanCliResult {
+  let values: Record<string, string | boolean | undefined>;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: true,
+      options: {
+        'socket-path': { type: 'string', short: 's' },
+        'socket-count': { type: 'string', short: 'c' },
+        'can-devices': { type: 'string', short: 'd' },
+        'no-can-classic': { type: 'boolean' },
+        'no-can-fd': { type: 'boolean' },
+        'no-rtr': { type: 'boolean' },
+        'no-late-tx-ack': { type: 'boolean' },
+        'no-event-idx': { type: 'boolean' },
+        'no-indirect-desc': { type: 'boolean' },
+        'max-queue-size': { type: 'string', short: 'q' },
+        'rx-backlog': { type: 'string' },
+        'log-level': { type: 'string' },
+        'log-format': { type: 'string' },
+        verbose: { type: 'boolean', short: 'v' },
+        'stats-interval': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
+      },
+    }));
+  } catch (err) {
+    return { kind: 'error', message: (err as Error).message };
+  }
+  if (values.help) return { kind: 'help' };
+  if (values.version) return { kind: 'version' };
+  if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
+
+  const socketPath = values['socket-path'] as string | undefined;
+  if (socketPath === undefined || socketPath === '') {
+    return { kind: 'error', message: 'the required option --socket-path PATH is missing' };
+  }
+  const count = intOption(
+    values['socket-count'] as string | undefined,
+    'socket-count',
+    1,
+    MAX_SOCKET_COUNT,
+    1,
+  );
+  if (typeof count === 'string') return { kind: 'error', message: count };
+  // Suffixes 0..N-1 are appended; sun_path holds 107 bytes.
+  const longest = `${socketPath}${count - 1}`;
+  if (Buffer.byteLength(longest) > 107) {
+    return {
+      kind: 'error',
+      message: `socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
+    };
+  }
+
+  let buses: BusSpec[];
+  const devs = values['can-devices'] as string | undefined;
+  const defaultBus = devs === undefined;
+  if (devs === undefined) {
+    buses = Array.from({ length: count }, () => ({ kind: 'virtual', name: 'default' }) as const);
+  } else {
+    const entries = devs.split(/\s+/).filter((e) => e !== '');
+    if (entries.length === 0) return { kind: 'error', message: '--can-devices is empty' };
+    if (entries.length !== count) {
+      return {
+        kind: 'error',
+        message: `--can-devices lists ${entries.length} device(s) but --socket-count is ${count}: give one entry per socket`,
+      };
+    }
+    buses = [];
+    for (const e of entries) {
+      const b = parseBusEntry(e);
+      if (typeof b === 'string') return { kind: 'error', message: `--can-devices: ${b}` };
+      buses.push(b);
+    }
+  }
+
+  const features: CanFeatureSwitches = {
+    classic: !values['no-can-classic'],
+    fd: !values['no-can-fd'],
+    rtr: !values['no-rtr'],
+    lateTxAck: !values['no-late-tx-ack'],
+  };
+  if (!features.classic && !features.fd) {
+    return {
+      kind: 'error',
+      message: '--no-can-classic and --no-can-fd together leave no frame type to offer',
+    };
+  }
+  if (!features.classic && values['no-rtr'] === undefined) features.rtr = false; // RTR needs classic CAN
+
+  const mq = intOption(values['max-queue-size'] as string | undefined, 'max-queue-size', 1, 32768, 1024);
+  if (typeof mq === 'string') return { kind: 'error', message: mq };
+  if ((mq & (mq - 1)) !== 0)
+    return { kind: 'error', message: `--max-queue-size must be a power of two, got ${mq}` };
+  const backlog = intOption(values['rx-backlog'] as string | undefined, 'rx-backlog', 1, 1 << 20, 1024);
+  if (typeof backlog === 'string') return { kind: 'error', message: backlog };
+  const statsInterval = intOption(
+    values['stats-interval'] as string | undefined,
+    'stats-interval',
+    0,
+    86400,
+    0,
+  );
+  if (typeof statsInterval === 'string') return { kind: 'error', message: statsInterval };
+
+  let logLevel: LogLevel = values.verbose ? 'debug' : 'info';
+  const lv = values['log-level'] as string | undefined;
+  if (lv !== undefined) {
+    if (!isLogLevel(lv))
+      return { kind: 'error', message: `--log-level must be error, warn, info or debug, got "${lv}"` };
+    logLevel = lv;
+  }
+  const lf = (values['log-format'] as string | undefined) ?? 'text';
+  if (lf !== 'text' && lf !== 'json')
+    return { kind: 'error', message: `--log-format must be text or json, got "${lf}"` };
+
+  return {
+    kind: 'run',
+    options: {
+      socketPath,
+      socketCount: count,
+      buses,
+      defaultBus,
+      features,
+      eventIdx: !values['no-event-idx'],
+      indirectDesc: !values['no-indirect-desc'],
+      maxQueueSize: mq,
+      rxBacklog: backlog,
+      logLevel,
+      logFormat: lf,
+      statsInterval,
+    },
+  };
+}
+
+export function socketPaths(base: string, count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `${base}${i}`);
+}
+
+export const CAN_HELP = `NAME
+    vhost-device-can - VirtIO CAN device back-end (vhost-user) with an in-process virtual CAN bus
+
+SYNOPSIS
+    vhost-device-can --socket-path PATH [--socket-count N] [--can-devices "DEV ..."] [OPTIONS]
+
+DESCRIPTION
+    Serves N guests, one vhost-user Unix socket each, at PATH0 .. PATH{N-1}. Each guest gets a
+    VIRTIO CAN device (VIRTIO 1.4, device ID 36); the Linux virtio_can driver shows it as a CAN
+    netdev. Frames a guest sends go to its CAN bus and reach every other node on that bus; a guest
+    never receives its own frames back (the driver echoes locally).
+
+    Without --can-devices every guest joins one in-process virtual bus: no kernel modules, no root.
+
+OPTIONS
+    -s, --socket-path PATH
+        Base path of the vhost-user sockets; the socket index 0..N-1 is appended (PATH0, PATH1...).
+    -c, --socket-count N
+        Number of guests (sockets), 1..${MAX_SOCKET_COUNT}. Default 1.
+    -d, --can-devices "DEV ..."
+        One entry per socket, separated by spaces:
+          virtual          the shared default in-process bus
+          virtual:NAME     an in-process bus called NAME (guests naming the same bus share it)
+          IFNAME           a host SocketCAN interface (vcan0, can0): not implemented yet
+        Default: every guest on the default virtual bus.
+    --no-can-classic, --no-can-fd, --no-rtr, --no-late-tx-ack
+        Do not offer that CAN feature (VIRTIO_CAN_F_CAN_CLASSIC, _CAN_FD, _RTR_FRAMES,
+        _LATE_TX_ACK). RTR needs classic CAN and is dropped with --no-can-classic.
+    --no-event-idx, --no-indirect-desc
+        Do not offer VIRTIO_RING_F_EVENT_IDX / VIRTIO_RING_F_INDIRECT_DESC.
+    -q, --max-queue-size N
+        Largest virtqueue size accepted (power of two, default 1024; QEMU's default is 64).
+    --rx-backlog N
+        Frames kept per guest while it has no RX buffers (default 1024); beyond it frames are
+        dropped and counted.
+    --stats-interval SECONDS
+        Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
+        them at any time.
+    --log-level error|warn|info|debug
+        Default info. debug traces every vhost-user message.
+    -v, --verbose
+        Same as --log-level debug.
+    --log-format text|json
+        Log lines for a terminal (default) or JSON lines. Logs go to stderr.
+    -h, --help      This text.
+    -V, --version   The version.
+
+QEMU
+    Start the daemon first, then QEMU (11.x has vhost-user-test-device-pci):
+      qemu-system-x86_64 ... \\
+        -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
+        -chardev socket,id=can0,path=PATH0 \\
+        -device vhost-user-test-device-pci,chardev=can0,virtio-id=36,num_vqs=3,config_size=2
+
+EXIT STATUS
+    0 after SIGINT/SIGTERM (socket files removed), 2 for a bad command line, 1 when start-up fails
+    (path in use, directory missing or not writable, ...).
+`;

@@ -1,0 +1,52 @@
+/** Turns the daemon's counters into flat log fields (one line per device and per bus). */
+import type { LogFields } from '../core/util/log.js';
+import type { CanDaemon } from '../node/can/can-daemon.js';
+
+export function formatStats(can: CanDaemon): LogFields[] {
+  const out: LogFields[] = [];
+  const status = can.daemon.status();
+  status.forEach((s, i) => {
+    const d = can.device(i);
+    const f: LogFields = {
+      socket: i,
+      connected: s.connected,
+      connections: s.connections,
+      refused: s.refused,
+    };
+    if (d !== null) {
+      const st = d.stats;
+      const rejected = Object.entries(st.txRejected)
+        .filter(([, n]) => n > 0)
+        .map(([k, n]) => `${k}:${n}`)
+        .join(',');
+      Object.assign(f, {
+        controller: d.controllerState,
+        status: d.configStatus,
+        txOk: st.txOk,
+        txNotOk: st.txNotOk,
+        txRejected: rejected || '-',
+        rxDelivered: st.rxDelivered,
+        rxShortBuffer: st.rxShortBuffer,
+        badChains: st.badChains,
+        busOff: st.busOff,
+        rxDroppedOverflow: d.port.stats.rxDroppedOverflow,
+        rxFiltered: d.port.stats.rxFiltered,
+        rxDiscardedStopped: d.port.stats.rxDiscardedClosed,
+        rxQueued: d.port.queued,
+      });
+    }
+    out.push(f);
+  });
+  for (const name of can.hubs.names()) {
+    const b = can.hubs.get(name).stats();
+    out.push({
+      bus: name,
+      frames: b.frames,
+      bytes: b.bytes,
+      droppedOverflow: b.droppedOverflow,
+      busLoad: b.busLoad.toFixed(4),
+      ports: b.ports.length,
+    });
+  }
+  return out;
+}

@@ -1,0 +1,47 @@
+/**
+ * Generic virtio feature bits (virtio 1.x section 6, "Reserved Feature Bits"). Values are bit
+ * numbers; use `featureMask()` to build the 64-bit mask. Device-specific bits live with the device.
+ */
+export const VirtioFeature = {
+  NOTIFY_ON_EMPTY: 24,
+  ANY_LAYOUT: 27,
+  RING_INDIRECT_DESC: 28,
+  RING_EVENT_IDX: 29,
+  /** vhost-user's VHOST_USER_F_PROTOCOL_FEATURES shares bit 30 with the virtio feature space. */
+  PROTOCOL_FEATURES: 30,
+  VERSION_1: 32,
+  ACCESS_PLATFORM: 33,
+  RING_PACKED: 34,
+  IN_ORDER: 35,
+} as const;
+
+export function featureBit(bit: number): bigint {
+  return 1n << BigInt(bit);
+}
+
+export function featureMask(...bits: readonly number[]): bigint {
+  let m = 0n;
+  for (const b of bits) m |= 1n << BigInt(b);
+  return m;
+}
+
+export function hasFeature(features: bigint, bit: number): boolean {
+  return ((features >> BigInt(bit)) & 1n) === 1n;
+}
+
+/** Split-ring layout constants (virtio 1.x 2.7). */
+export const Desc = {
+  SIZE: 16,
+  F_NEXT: 1,
+  F_WRITE: 2,
+  F_INDIRECT: 4,
+} as const;
+
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+export const VRING_USED_F_NO_NOTIFY = 1;
+
+/** The largest queue a split ring can have (virtio 1.x: Queue Size is at most 32768). */
+export const MAX_QUEUE_SIZE = 32768;
+
+/** Indirect tables larger than this are refused (Linux never builds tables near it). */
+export const MAX_INDIRECT_DESCRIPTORS = 4096;

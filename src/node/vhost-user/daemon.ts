@@ -1,0 +1,211 @@
+/**
+ * The listening side: one Unix socket per guest at PATH0..PATH{N-1} (rust-vmm's naming), one
+ * front-end per socket at a time. After a disconnect every per-connection object is dropped (the
+ * device too: the next connection gets a fresh one) and the socket accepts again.
+ *
+ * Socket paths are handled carefully: a path that exists and is not a socket is never deleted, nor
+ * one that a live back-end still answers on; a stale socket file left by a crashed daemon is.
+ */
+import { lstatSync, unlinkSync } from 'node:fs';
+import type { Logger } from '../../core/util/log.js';
+import type { VirtioDevice } from '../../core/vhost-user/device.js';
+import type { NativeAddon, NativeWatcher } from '../native/addon.js';
+import { VhostUserConnection } from './connection.js';
+
+export interface DaemonOptions {
+  native: NativeAddon;
+  /** Socket paths, one per guest (already suffixed). */
+  paths: readonly string[];
+  /** Creates the device for a new connection on socket `index`. */
+  makeDevice: (index: number, log: Logger) => VirtioDevice;
+  log: Logger;
+  protocolFeatures?: bigint;
+}
+
+export class DaemonError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'DaemonError';
+    this.code = code;
+  }
+}
+
+interface Listener {
+  index: number;
+  path: string;
+  fd: number;
+  watcher: NativeWatcher;
+  conn: VhostUserConnection | null;
+  connections: number;
+  /** Connections refused because a front-end was already attached. */
+  refused: number;
+}
+
+export interface DaemonSocketStatus {
+  path: string;
+  connected: boolean;
+  connections: number;
+  refused: number;
+}
+
+/** Checks that `path` can be (re)used for listening; removes a stale socket file. */
+export function preparePath(native: Pick<NativeAddon, 'connectUnix' | 'close'>, path: string): void {
+  let st: ReturnType<typeof lstatSync>;
+  try {
+    st = lstatSync(path);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') return;
+    throw new DaemonError('ERR_PATH', `cannot inspect ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  if (!st.isSocket()) {
+    throw new DaemonError('ERR_PATH_NOT_SOCKET', `${path} exists and is not a socket; refusing to remove it`);
+  }
+  let fd = -1;
+  try {
+    fd = native.connectUnix(path);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'ECONNREFUSED') {
+      unlinkSync(path); // nobody listens: a stale socket file from an earlier run
+      return;
+    }
+    throw new DaemonError('ERR_PATH', `cannot check ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  native.close(fd);
+  throw new DaemonError('ERR_PATH_IN_USE', `${path} is in use by another running back-end`);
+}
+
+export class VhostUserDaemon {
+  private readonly opts: DaemonOptions;
+  private readonly listeners: Listener[] = [];
+  private started = false;
+  private stopped = false;
+
+  constructor(opts: DaemonOptions) {
+    this.opts = opts;
+  }
+
+  /** Creates every socket; on any failure the ones already created are removed again. */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    const { native, log } = this.opts;
+    try {
+      for (const [index, path] of this.opts.paths.entries()) {
+        preparePath(native, path);
+        let fd: number;
+        try {
+          fd = native.listenUnix(path, 4);
+        } catch (err) {
+          throw new DaemonError('ERR_LISTEN', `cannot listen on ${path}: ${(err as Error).message}`, {
+            cause: err,
+          });
+        }
+        const l: Listener = {
+          index,
+          path,
+          fd,
+          conn: null,
+          connections: 0,
+          refused: 0,
+          watcher: new native.Watcher(fd, () => this.onAcceptable(l)),
+        };
+        this.listeners.push(l);
+        l.watcher.start(native.READABLE);
+        log.info('listening', { socket: index, path });
+      }
+    } catch (err) {
+      this.stop();
+      throw err;
+    }
+  }
+
+  private onAcceptable(l: Listener): void {
+    const { native, log } = this.opts;
+    for (;;) {
+      let fd: number | null;
+      try {
+        fd = native.acceptUnix(l.fd);
+      } catch (err) {
+        log.error('accept failed', { path: l.path, reason: (err as Error).message });
+        return;
+      }
+      if (fd === null) return;
+      if (l.conn !== null) {
+        // One front-end per socket: a second one would fight over the same device.
+        l.refused++;
+        log.warn('refusing a second front-end on a busy socket', { socket: l.index, path: l.path });
+        native.close(fd);
+        continue;
+      }
+      this.attach(l, fd);
+    }
+  }
+
+  private attach(l: Listener, fd: number): void {
+    l.connections++;
+    const log = this.opts.log.child({ socket: l.index, conn: l.connections });
+    let device: VirtioDevice;
+    try {
+      device = this.opts.makeDevice(l.index, log);
+    } catch (err) {
+      log.error('cannot create the device for a new connection', { reason: (err as Error).message });
+      this.opts.native.close(fd);
+      return;
+    }
+    log.info('front-end connected');
+    try {
+      l.conn = new VhostUserConnection({
+        native: this.opts.native,
+        fd,
+        device,
+        log,
+        onClose: (reason) => {
+          l.conn = null;
+          log.info('front-end disconnected; socket accepts again', { reason });
+        },
+        ...(this.opts.protocolFeatures === undefined ? {} : { protocolFeatures: this.opts.protocolFeatures }),
+      });
+    } catch (err) {
+      device.destroy();
+      this.opts.native.close(fd);
+      log.error('cannot set up the connection', { reason: (err as Error).message });
+    }
+  }
+
+  /** The connection currently served on socket `index`, if any (for diagnostics and tests). */
+  connection(index: number): VhostUserConnection | null {
+    return this.listeners[index]?.conn ?? null;
+  }
+
+  status(): DaemonSocketStatus[] {
+    return this.listeners.map((l) => ({
+      path: l.path,
+      connected: l.conn !== null,
+      connections: l.connections,
+      refused: l.refused,
+    }));
+  }
+
+  /** Closes every connection and listener and removes the socket files. Idempotent. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const l of this.listeners) {
+      l.conn?.close('daemon shutting down');
+      l.watcher.close();
+      try {
+        this.opts.native.close(l.fd);
+      } catch {
+        /* already closed */
+      }
+      try {
+        unlinkSync(l.path);
+      } catch {
+        /* removed by someone else */
+      }
+    }
+    this.listeners.length = 0;
+  }
+}

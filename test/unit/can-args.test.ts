@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CAN_HELP, parseBusEntry, parseCanArgs, socketPaths } from '../../src/cli/can-args.js';
+
+function run(argv: string[]) {
+  const r = parseCanArgs(argv);
+  assert.equal(r.kind, 'run', r.kind === 'error' ? r.message : r.kind);
+  return (r as Extract<typeof r, { kind: 'run' }>).options;
+}
+
+function err(argv: string[]): string {
+  const r = parseCanArgs(argv);
+  assert.equal(r.kind, 'error');
+  return (r as { message: string }).message;
+}
+
+test('reference command lines parse the same way (drop-in)', () => {
+  const a = run(['--socket-path=can.sock', '--can-devices=vcan0']);
+  assert.equal(a.socketCount, 1);
+  assert.deepEqual(a.buses, [{ kind: 'host', ifname: 'vcan0' }]);
+  const b = run(['-s', '/tmp/can.sock', '-c', '2', '-d', 'vcan0 vcan1']);
+  assert.deepEqual(socketPaths(b.socketPath, b.socketCount), ['/tmp/can.sock0', '/tmp/can.sock1']);
+  assert.deepEqual(
+    b.buses.map((x) => (x.kind === 'host' ? x.ifname : x.name)),
+    ['vcan0', 'vcan1'],
+  );
+});
+
+test('without --can-devices every guest shares the default virtual bus', () => {
+  const o = run(['-s', '/tmp/x', '-c', '3']);
+  assert.equal(o.defaultBus, true);
+  assert.deepEqual(o.buses, Array(3).fill({ kind: 'virtual', name: 'default' }));
+  assert.deepEqual(o.features, { classic: true, fd: true, rtr: true, lateTxAck: true });
+});
+
+test('virtual:NAME entries put sockets on named buses', () => {
+  const o = run(['-s', '/tmp/x', '-c', '4', '-d', 'virtual:a virtual:a virtual:b  virtual']);
+  assert.deepEqual(o.buses, [
+    { kind: 'virtual', name: 'a' },
+    { kind: 'virtual', name: 'a' },
+    { kind: 'virtual', name: 'b' },
+    { kind: 'virtual', name: 'default' },
+  ]);
+  assert.equal(typeof parseBusEntry('virtual:'), 'string');
+  assert.equal(typeof parseBusEntry('udp:1.2.3.4'), 'string');
+  assert.equal(typeof parseBusEntry('way-too-long-ifname0'), 'string');
+});
+
+test('every bad input is an error naming the problem', () => {
+  assert.match(err([]), /--socket-path/);
+  assert.match(err(['-s', '/tmp/x', '-c', '2', '-d', 'vcan0']), /1 device\(s\) but --socket-count is 2/);
+  assert.match(err(['-s', '/tmp/x', '-c', '0']), /socket-count/);
+  assert.match(err(['-s', '/tmp/x', '-c', 'two']), /integer/);
+  assert.match(err(['-s', '/tmp/x', '--bogus']), /bogus/);
+  assert.match(err(['-s', '/tmp/x', '-q', '100']), /power of two/);
+  assert.match(err(['-s', '/tmp/x', '--no-can-classic', '--no-can-fd']), /no frame type/);
+  assert.match(err(['-s', '/tmp/x', '--log-level', 'loud']), /log-level/);
+  assert.match(err(['-s', `/tmp/${'x'.repeat(120)}`]), /107 bytes/);
+  assert.match(err(['-s', '/tmp/x', '-d', '']), /empty/);
+  assert.match(err(['-s', '/tmp/x', 'extra']), /unexpected argument/);
+});
+
+test('feature switches; RTR follows classic', () => {
+  const o = run(['-s', '/x', '--no-can-fd', '--no-late-tx-ack', '--no-event-idx']);
+  assert.deepEqual(o.features, { classic: true, fd: false, rtr: true, lateTxAck: false });
+  assert.equal(o.eventIdx, false);
+  assert.equal(run(['-s', '/x', '--no-can-classic']).features.rtr, false);
+});
+
+test('help and version', () => {
+  assert.equal(parseCanArgs(['--help']).kind, 'help');
+  assert.equal(parseCanArgs(['-V']).kind, 'version');
+  for (const opt of ['--socket-path', '--socket-count', '--can-devices', 'virtual:NAME', 'config_size=2']) {
+    assert.ok(CAN_HELP.includes(opt), opt);
+  }
+});

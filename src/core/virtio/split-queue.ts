@@ -147,12 +147,12 @@ export class SplitQueue {
    * itself is invalid (ERR_VQ_DESC_INDEX with chain.head = -1), which breaks the ring.
    */
   next(chain: DescriptorChain): boolean {
+    chain.reset(-1); // a corrupt avail index must not leave a stale head behind
     if (this.pending() === 0) return false;
     const slot = this.lastAvail % this.size;
     const head = this.avail.region.dv.getUint16(this.avail.off + 4 + 2 * slot, true);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.stats.chains++;
-    chain.reset(-1);
     if (head >= this.size) {
       throw new VhostError(
         'ERR_VQ_DESC_INDEX',

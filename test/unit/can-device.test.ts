@@ -1,0 +1,330 @@
+/**
+ * CanDevice against the real split ring in plain memory, with a fake DeviceHost and, where the
+ * in-process hub cannot produce it, a fake asynchronous bus port ('pending' transmits).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { CanFrame } from '../../src/core/bus/can-frame.js';
+import { type BusPortHandler, CanHub, type HubPort, type TxResult } from '../../src/core/bus/hub.js';
+import { CanDevice, type CanDeviceOptions } from '../../src/core/devices/can/can-device.js';
+import { CanFeature, CanMsgType, CanStatus } from '../../src/core/devices/can/constants.js';
+import type { GuestMemory } from '../../src/core/memory/guest-memory.js';
+import type { VhostError } from '../../src/core/util/errors.js';
+import { nullLogger } from '../../src/core/util/log.js';
+import type { DeviceHost } from '../../src/core/vhost-user/device.js';
+import { featureBit } from '../../src/core/virtio/features.js';
+import { SplitQueue } from '../../src/core/virtio/split-queue.js';
+import { plainMemory } from './support/plain-memory.js';
+
+const UVA = 0x7f00_0000_0000;
+const SIZE = 16;
+const ringBase = (q: number) => 0x1000 + q * 0x1000; // desc at +0, avail at +0x400, used at +0x800
+const DATA = 0x10000;
+
+class Harness implements DeviceHost {
+  readonly log = nullLogger;
+  readonly memory: GuestMemory = plainMemory({ gpa: 0, size: 0x40000, uva: UVA });
+  readonly queues: SplitQueue[];
+  readonly dv: DataView;
+  availIdx = [0, 0, 0];
+  configChanges = 0;
+  broken: VhostError | null = null;
+  ackedFeatures = 0n;
+  private nextBuf = DATA;
+  private nextDesc = [0, 0, 0];
+
+  constructor() {
+    const b = this.memory.regions[0]!.bytes;
+    this.dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    this.queues = [0, 1, 2].map(
+      (i) =>
+        new SplitQueue(
+          i,
+          SIZE,
+          0,
+          { desc: UVA + ringBase(i), avail: UVA + ringBase(i) + 0x400, used: UVA + ringBase(i) + 0x800 },
+          this.memory,
+          { eventIdx: false, indirect: false },
+          () => {},
+        ),
+    );
+  }
+  queue(i: number): SplitQueue | null {
+    return this.broken ? null : (this.queues[i] ?? null);
+  }
+  notifyConfigChange(): boolean {
+    this.configChanges++;
+    return true;
+  }
+  markBroken(err: VhostError): void {
+    this.broken = err;
+  }
+
+  private alloc(len: number): number {
+    const a = this.nextBuf;
+    this.nextBuf += (len + 15) & ~15;
+    return a;
+  }
+
+  /** Posts a chain of one readable buffer (bytes) and `writable` writable bytes; returns the result address. */
+  post(q: number, readable: Uint8Array | null, writable: number): number {
+    const base = ringBase(q);
+    const head = this.nextDesc[q]! % SIZE;
+    let d = head;
+    const segs: [number, number, number][] = [];
+    if (readable) {
+      const a = this.alloc(readable.byteLength);
+      this.memory.writeFrom(a, readable, 0, readable.byteLength);
+      segs.push([a, readable.byteLength, 0]);
+    }
+    let w = -1;
+    if (writable > 0) {
+      w = this.alloc(writable);
+      this.memory.writeFrom(w, new Uint8Array(writable).fill(0xee), 0, writable);
+      segs.push([w, writable, 2]);
+    }
+    segs.forEach(([a, l, f], k) => {
+      const o = base + 16 * d;
+      this.dv.setBigUint64(o, BigInt(a), true);
+      this.dv.setUint32(o + 8, l, true);
+      const more = k < segs.length - 1;
+      this.dv.setUint16(o + 12, f | (more ? 1 : 0), true);
+      this.dv.setUint16(o + 14, (d + 1) % SIZE, true);
+      d = (d + 1) % SIZE;
+    });
+    this.nextDesc[q] = this.nextDesc[q]! + segs.length;
+    const ai = this.availIdx[q]!;
+    this.dv.setUint16(base + 0x400 + 4 + 2 * (ai % SIZE), head, true);
+    this.availIdx[q] = (ai + 1) & 0xffff;
+    this.dv.setUint16(base + 0x400 + 2, this.availIdx[q]!, true);
+    return w;
+  }
+
+  used(q: number): { id: number; len: number }[] {
+    const base = ringBase(q) + 0x800;
+    const n = this.dv.getUint16(base + 2, true);
+    return Array.from({ length: n }, (_, i) => ({
+      id: this.dv.getUint32(base + 4 + 8 * (i % SIZE), true),
+      len: this.dv.getUint32(base + 8 + 8 * (i % SIZE), true),
+    }));
+  }
+
+  byte(addr: number): number {
+    return this.dv.getUint8(addr);
+  }
+}
+
+function tx(o: { id?: number; len?: number; flags?: number; type?: number } = {}): Uint8Array {
+  const len = o.len ?? 2;
+  const b = new Uint8Array(16 + len);
+  const dv = new DataView(b.buffer);
+  dv.setUint16(0, o.type ?? CanMsgType.TX, true);
+  dv.setUint16(2, len, true);
+  dv.setUint32(8, o.flags ?? 0, true);
+  dv.setUint32(12, o.id ?? 0x123, true);
+  for (let i = 0; i < len; i++) b[16 + i] = i + 1;
+  return b;
+}
+
+const ctrl = (t: number) => Uint8Array.of(t & 0xff, t >> 8);
+const ALL =
+  featureBit(CanFeature.CAN_CLASSIC) |
+  featureBit(CanFeature.CAN_FD) |
+  featureBit(CanFeature.RTR_FRAMES) |
+  featureBit(CanFeature.LATE_TX_ACK);
+
+/** A bus port whose transmits complete later (like a host interface waiting for its echo). */
+class AsyncPort {
+  handler!: BusPortHandler;
+  sent: { frame: CanFrame; token: number }[] = [];
+  receiving = true;
+  readonly port = {
+    transmit: (frame: CanFrame, token?: number): TxResult => {
+      this.sent.push({ frame, token: token ?? -1 });
+      return 'pending';
+    },
+    take: () => undefined,
+    queued: 0,
+    setReceiving: (on: boolean) => {
+      this.receiving = on;
+      return 0;
+    },
+    setAcceptPolicy: () => {},
+    detach: () => {},
+    stats: {},
+  };
+  readonly hub = {
+    attach: (h: BusPortHandler) => {
+      this.handler = h;
+      return this.port as unknown as HubPort;
+    },
+  } as unknown as CanHub;
+}
+
+function setup(opts: Partial<CanDeviceOptions> = {}, features = ALL) {
+  const h = new Harness();
+  const hub = opts.hub ?? new CanHub({ name: 't' });
+  const dev = new CanDevice({ hub, portName: 'g0', ...opts });
+  dev.attach(h);
+  dev.setFeatures(features);
+  for (let i = 0; i < 3; i++) dev.queueStarted(i);
+  return { h, dev, hub };
+}
+
+test('LATE_TX_ACK: completion waits for the bus, in submission order, also past immediate NOT_OKs', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub });
+  const r0 = h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  assert.equal(h.byte(r0), 0);
+  const res = [h.post(0, tx({ id: 1 }), 1), h.post(0, tx({ id: 0x800 }), 1), h.post(0, tx({ id: 3 }), 1)];
+  dev.queueNotified(0);
+  assert.equal(a.sent.length, 2, 'the invalid frame never reaches the bus');
+  assert.equal(h.used(0).length, 0, 'nothing completes before the bus confirms the first frame');
+  a.handler.onTxComplete!(a.sent[1]!.token, true); // the third request confirms first
+  assert.equal(h.used(0).length, 0, 'order is kept');
+  a.handler.onTxComplete!(a.sent[0]!.token, true);
+  assert.deepEqual(
+    h.used(0).map((u) => u.len),
+    [1, 1, 1],
+  );
+  assert.deepEqual(
+    res.map((r) => h.byte(r)),
+    [0, 1, 0],
+  );
+  assert.equal(dev.pendingTx, 0);
+});
+
+test('without LATE_TX_ACK a pending transmit completes on acceptance', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub }, ALL & ~featureBit(CanFeature.LATE_TX_ACK));
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  const r = h.post(0, tx(), 1);
+  dev.queueNotified(0);
+  assert.equal(h.used(0).length, 1);
+  assert.equal(h.byte(r), 0);
+});
+
+test('STOP completes pending TX with NOT_OK before the STOP itself; late confirmations are ignored', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub });
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  const r = h.post(0, tx(), 1);
+  dev.queueNotified(0);
+  assert.equal(h.used(0).length, 0);
+  const rs = h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_STOP), 1);
+  dev.queueNotified(2);
+  assert.equal(h.used(0).length, 1, 'TX completed by STOP');
+  assert.equal(h.byte(r), 1);
+  assert.equal(h.byte(rs), 0);
+  assert.equal(a.receiving, false);
+  a.handler.onTxComplete!(a.sent[0]!.token, true);
+  assert.equal(h.used(0).length, 1, 'no second completion');
+  assert.equal(dev.stats.txRejected.cancelled, 1);
+});
+
+test('bus-off: status bit 0 (value 1), pending TX NOT_OK, config change; START clears it', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub });
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  const r = h.post(0, tx(), 1);
+  dev.queueNotified(0);
+  a.handler.onBusState!('bus-off');
+  assert.equal(dev.configStatus, CanStatus.CTRL_BUSOFF);
+  assert.equal(dev.configStatus, 1);
+  assert.equal(h.byte(r), 1);
+  assert.equal(h.configChanges, 1);
+  assert.equal(dev.controllerState, 'stopped');
+  const cfg = new Uint8Array(2);
+  dev.readConfig(cfg);
+  assert.deepEqual([...cfg], [1, 0]);
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  assert.equal(dev.configStatus, 0);
+  assert.equal(dev.controllerState, 'started');
+});
+
+test('queueStopping (GET_VRING_BASE) fails every pending TX first', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub });
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  h.post(0, tx(), 1);
+  h.post(0, tx(), 1);
+  dev.queueNotified(0);
+  dev.queueStopping(0);
+  assert.equal(h.used(0).length, 2);
+  assert.equal(dev.pendingTx, 0);
+});
+
+test('control: idempotent START/STOP, unknown and short requests NOT_OK, missing result byte used 0', () => {
+  const { h, dev } = setup();
+  const results = [
+    h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_STOP), 1),
+    h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1),
+    h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1),
+    h.post(2, ctrl(0x0203), 1),
+    h.post(2, Uint8Array.of(1), 1),
+  ];
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_STOP), 0);
+  dev.queueNotified(2);
+  assert.deepEqual(
+    results.map((r) => h.byte(r)),
+    [0, 0, 0, 1, 1],
+  );
+  assert.deepEqual(
+    h.used(2).map((u) => u.len),
+    [1, 1, 1, 1, 1, 0],
+  );
+  assert.equal(dev.controllerState, 'stopped', 'the STOP without result byte still took effect');
+});
+
+test('RX: a buffer shorter than the frame loses that frame (counted) and is returned empty', () => {
+  const { h, dev, hub } = setup();
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  const peer = hub.attach({ onFramesAvailable() {} }, { name: 'peer' });
+  h.post(1, null, 20); // too short for 16 + 8
+  h.post(1, null, 24);
+  peer.transmit({
+    id: 1,
+    extended: false,
+    rtr: false,
+    fd: false,
+    brs: false,
+    esi: false,
+    len: 8,
+    len8Dlc: 0,
+    data: new Uint8Array(8),
+    timestampNs: 0n,
+    origin: 0,
+  });
+  peer.transmit({
+    id: 2,
+    extended: false,
+    rtr: false,
+    fd: false,
+    brs: false,
+    esi: false,
+    len: 8,
+    len8Dlc: 0,
+    data: new Uint8Array(8),
+    timestampNs: 0n,
+    origin: 0,
+  });
+  assert.deepEqual(
+    h.used(1).map((u) => u.len),
+    [0, 24],
+  );
+  assert.equal(dev.stats.rxShortBuffer, 1);
+});
+
+test('a corrupt ring marks the device broken instead of throwing', () => {
+  const { h, dev } = setup();
+  h.dv.setUint16(ringBase(0) + 0x400 + 2, 200, true); // avail idx far ahead
+  dev.queueNotified(0);
+  assert.equal(h.broken?.code, 'ERR_VQ_AVAIL_IDX');
+});

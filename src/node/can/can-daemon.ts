@@ -98,6 +98,24 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
       const destroy = dev.destroy.bind(dev);
       dev.destroy = () => {
         if (devices[index] === dev) devices[index] = null;
+        // The counters die with the connection: log them so nothing is lost without a trace.
+        const st = dev.stats;
+        const rejected = Object.entries(st.txRejected)
+          .filter(([, v]) => v > 0)
+          .map(([k, v]) => `${k}:${v}`)
+          .join(',');
+        devLog.info('device statistics at disconnect', {
+          txOk: st.txOk,
+          txNotOk: st.txNotOk,
+          txRejected: rejected || '-',
+          rxDelivered: st.rxDelivered,
+          rxDroppedOverflow: dev.port.stats.rxDroppedOverflow,
+          rxFiltered: dev.port.stats.rxFiltered,
+          rxDiscardedStopped: dev.port.stats.rxDiscardedClosed,
+          rxShortBuffer: st.rxShortBuffer,
+          badChains: st.badChains,
+          busOff: st.busOff,
+        });
         destroy();
       };
       return dev;

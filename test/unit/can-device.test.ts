@@ -193,6 +193,19 @@ test('LATE_TX_ACK: completion waits for the bus, in submission order, also past 
     [0, 1, 0],
   );
   assert.equal(dev.pendingTx, 0);
+  assert.equal(dev.stats.txOk, 2, 'confirmed transmits are counted when confirmed');
+  assert.equal(dev.stats.txNotOk, 1);
+  assert.equal(dev.stats.txRejected['id-range'], 1);
+  assert.equal(dev.stats.txBytes, 4);
+});
+
+test('bus-off on a stopped controller is ignored: it is not on the bus', () => {
+  const a = new AsyncPort();
+  const { h, dev } = setup({ hub: a.hub });
+  a.handler.onBusState!('bus-off');
+  assert.equal(dev.configStatus, 0);
+  assert.equal(h.configChanges, 0);
+  assert.equal(dev.stats.busOff, 0);
 });
 
 test('without LATE_TX_ACK a pending transmit completes on acceptance', () => {

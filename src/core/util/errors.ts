@@ -14,7 +14,10 @@ export type Disposition =
   | 'disconnect'
   /** The guest broke the virtio contract: this device stops touching its rings until reset/reconnect. */
   | 'mark-broken'
-  /** A bug or an unusable environment: the daemon cannot go on. */
+  /**
+   * A bug (an exception that is not a VhostError). Inside a connection it closes that connection;
+   * the daemon and the other connections go on.
+   */
   | 'fatal';
 
 export const DISPOSITION = {
@@ -22,7 +25,8 @@ export const DISPOSITION = {
   ERR_VU_BAD_VERSION: 'disconnect',
   ERR_VU_MSG_TOO_LARGE: 'disconnect',
   ERR_VU_TOO_MANY_FDS: 'disconnect',
-  ERR_VU_PEER_CLOSED: 'disconnect',
+  /** A request whose reply is a body (GET_*) failed: there is no NACK for it, so the connection closes. */
+  ERR_VU_NO_ANSWER: 'disconnect',
   // vhost-user message semantics (one message is wrong; the stream is fine)
   ERR_VU_BAD_SIZE: 'reject',
   ERR_VU_BAD_FDS: 'reject',

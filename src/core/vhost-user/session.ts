@@ -231,7 +231,7 @@ export class VhostUserSession implements DeviceHost {
         // These requests have a reply body the front-end waits for; there is no NACK for them, and
         // a made-up value would be worse than a clean disconnect.
         throw new VhostError(
-          'ERR_VU_PEER_CLOSED',
+          'ERR_VU_NO_ANSWER',
           `cannot answer ${frontendReqName(msg.request)}: ${errorCodeOf(err)}`,
           {
             cause: err,

@@ -148,6 +148,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private fifoHead = new Uint16Array(0);
   private fifoAddr = new Float64Array(0);
   private fifoResult = new Uint8Array(0);
+  private fifoLen = new Uint8Array(0);
   private fifoStart = 0;
   private fifoCount = 0;
   private fifoToken = 0; // token of the entry at fifoStart
@@ -240,6 +241,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         this.fifoHead = new Uint16Array(q.size);
         this.fifoAddr = new Float64Array(q.size);
         this.fifoResult = new Uint8Array(q.size);
+        this.fifoLen = new Uint8Array(q.size);
         this.fifoStart = 0;
       }
     }
@@ -305,7 +307,13 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     const slot = (this.fifoStart + pos) % this.fifoHead.length;
     if (this.fifoResult[slot] !== PENDING) return;
     this.fifoResult[slot] = ok ? CanResult.OK : CanResult.NOT_OK;
-    if (!ok) this.stats.txRejected[TxReject.BUS]++;
+    if (ok) {
+      this.stats.txOk++;
+      this.stats.txBytes += this.fifoLen[slot]!;
+    } else {
+      this.stats.txRejected[TxReject.BUS]++;
+      this.stats.txNotOk++;
+    }
     const q = this.host?.queue(CanQueue.TX) ?? null;
     if (q !== null) {
       this.flushTx(q);
@@ -315,8 +323,9 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
 
   onBusState(state: BusState): void {
     this.log.info('bus state change', { state });
-    if (state !== 'bus-off') return;
-    if (this.controller === 'stopped' && (this.status & CanStatus.CTRL_BUSOFF) !== 0) return;
+    // Only a started controller takes part in bus traffic and can go bus-off (5.22.6.4: "changed
+    // from started to stopped").
+    if (state !== 'bus-off' || this.controller !== 'started') return;
     // 5.22.6.4: bus-off sets the status bit, stops the controller and completes pending TX NOT_OK;
     // it is unsolicited, so the driver is told with a configuration change notification.
     this.stats.busOff++;
@@ -359,6 +368,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         const reason = this.parseTx(chain, mem);
         if (reason !== null) {
           this.stats.txRejected[reason]++;
+          this.stats.txNotOk++;
           this.enqueueTx(chain.head, resultAddr, CanResult.NOT_OK);
           continue;
         }
@@ -400,6 +410,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     const pos = token - this.fifoToken;
     if (pos < 0 || pos >= this.fifoCount) return; // cancelled meanwhile (bus-off raised during fan-out)
     const slot = (this.fifoStart + pos) % this.fifoHead.length;
+    this.fifoLen[slot] = h.len;
     if (r === 'sent') {
       this.stats.txOk++;
       this.stats.txBytes += h.len;

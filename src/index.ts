@@ -1,0 +1,29 @@
+/**
+ * vhost-device-ts as a library: run the CAN daemon in-process, reach its buses, attach your own bus
+ * ports, or drive any vhost-user back-end with the TypeScript front-end.
+ */
+export { type CanFrame, formatCandump, makeCanFrame, parseCandump } from './core/bus/can-frame.js';
+export {
+  type BusPortHandler,
+  type BusState,
+  type BusStats,
+  CanHub,
+  type HubPort,
+  HubRegistry,
+  type PortStats,
+} from './core/bus/hub.js';
+export { CanDevice, type CanDeviceStats, type CanFeatureSwitches } from './core/devices/can/can-device.js';
+export { CanFeature, CanMsgType, CanStatus, VIRTIO_ID_CAN } from './core/devices/can/constants.js';
+export type { Logger } from './core/util/log.js';
+export type { DeviceHost, VirtioDevice } from './core/vhost-user/device.js';
+export {
+  type BusSpec,
+  type CanDaemon,
+  type CanDaemonOptions,
+  startCanDaemon,
+} from './node/can/can-daemon.js';
+export { CanTestDriver } from './node/frontend/can-driver.js';
+export { VhostUserFrontend } from './node/frontend/frontend.js';
+export { GuestRam } from './node/frontend/guest-ram.js';
+export { StructuredLogger } from './node/log.js';
+export { VhostUserDaemon } from './node/vhost-user/daemon.js';

@@ -143,6 +143,8 @@ export class VhostUserSession implements DeviceHost {
   private status = 0;
   private brokenBy: VhostError | null = null;
   private configChangePending = false;
+  /** Some ring has been processable on this connection (so a later fresh start is a reset). */
+  private everActive = false;
   private closed = false;
 
   constructor(device: VirtioDevice, io: SessionIo, opts: SessionOptions) {
@@ -675,9 +677,33 @@ export class VhostUserSession implements DeviceHost {
     const v = this.vrings[index]!;
     const shouldBe = v.started && v.enabled && v.queue !== null;
     if (shouldBe && !v.active) {
+      if (this.everActive && !this.vrings.some((r) => r.active) && this.freshRings()) {
+        // Every ring restarted at index 0 after all had stopped: the driver re-initialised the
+        // device. QEMU's vhost-user-base never forwards the guest's status reset (no SET_STATUS(0),
+        // no RESET_DEVICE), so this is the only sign of it. Without a reset here the device would
+        // keep its pre-reboot state (a STARTED CAN controller) and deliver stale work to the new
+        // driver. A VM pause/resume restarts the rings at their old, non-zero indices instead.
+        this.log.info('rings restarted from index 0: the driver was reset; resetting the device');
+        this.callDevice(() => {
+          this.device.reset();
+          this.device.setFeatures(this.acked & ~PROTOCOL_FEATURES_BIT);
+        });
+      }
       v.active = true;
+      this.everActive = true;
       if (this.brokenBy === null) this.callDevice(() => this.device.queueStarted(index));
     }
+  }
+
+  /** True when every started ring was started at index 0 with an empty used ring. */
+  private freshRings(): boolean {
+    let any = false;
+    for (const r of this.vrings) {
+      if (!r.started || r.queue === null) continue;
+      if (r.base !== 0 || r.queue.usedIdx !== 0) return false;
+      any = true;
+    }
+    return any;
   }
 
   /** Tells the device a ring stops being processable, while it can still complete chains. */

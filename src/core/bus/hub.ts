@@ -131,6 +131,15 @@ export interface HubPort {
   readonly attached: boolean;
   /** Leaves the bus: queued frames are flushed (counted `rxDiscardedClosed`), transmit is refused. Idempotent. */
   detach(): void;
+  /** True for ports attached with `confirmsTransmit` (host interfaces). */
+  readonly confirmsTransmit: boolean;
+  /**
+   * For a `confirmsTransmit` port: reports that a frame taken from this port's queue was really
+   * transmitted (ok) or could not be (not ok). The sender's `onTxComplete(token, ok)` runs once every
+   * confirming port that received the frame has reported (ok only if all did). Unknown frames and
+   * repeated reports are ignored.
+   */
+  confirm(frame: CanFrame, ok: boolean): void;
 }
 
 export interface AttachOptions {
@@ -142,6 +151,13 @@ export interface AttachOptions {
   readonly accept?: PortAcceptPolicy | undefined;
   /** Only `false` exists: the hub never echoes (the driver echoes itself). Kept to make that explicit. */
   readonly receiveOwn?: false | undefined;
+  /**
+   * This port puts frames on a real bus and confirms each one later with `confirm()` (a host
+   * interface waiting for its own-message echo). A sender that passes a token to `transmit` then gets
+   * 'pending' and, later, `onTxComplete(token, ok)` (LATE_TX_ACK). Frames still queued here when the
+   * port detaches are reported as not transmitted.
+   */
+  readonly confirmsTransmit?: boolean | undefined;
 }
 
 export interface CanHubOptions {
@@ -232,6 +248,13 @@ function checkPolicy(p: unknown): PortAcceptPolicy {
   return Object.freeze({ classic, fd, rtr });
 }
 
+interface PendingTx {
+  sender: Port;
+  token: number;
+  remaining: number;
+  ok: boolean;
+}
+
 /** The port object handed to owners. Not exported: the hub engine reaches its fields, owners see HubPort. */
 class Port implements HubPort {
   readonly id: number;
@@ -261,6 +284,7 @@ class Port implements HubPort {
   acceptRtr = true;
   /** Set while a fan-out queued a frame here and has not notified the handler yet. */
   notifyPending = false;
+  confirmsTransmit = false;
 
   constructor(engine: BusEngine, id: number, name: string, queueLimit: number, handler: BusPortHandler) {
     this.engine = engine;
@@ -276,8 +300,12 @@ class Port implements HubPort {
     return this.queue.size;
   }
 
-  transmit(frame: CanFrame, _token?: number): TxResult {
-    return this.engine.transmit(this, frame);
+  transmit(frame: CanFrame, token?: number): TxResult {
+    return this.engine.transmit(this, frame, token);
+  }
+
+  confirm(frame: CanFrame, ok: boolean): void {
+    this.engine.confirm(frame, ok);
   }
 
   take(): CanFrame | undefined {
@@ -338,6 +366,12 @@ class BusEngine {
   bits = 0;
   droppedOverflow = 0;
   readonly load = new BusLoadMeter();
+  /** Attached ports with confirmsTransmit. */
+  confirmingPorts = 0;
+  /** Frames waiting for confirmation by confirming ports, with the sender's token. */
+  readonly awaiting = new Map<CanFrame, PendingTx>();
+  /** Tokens of frames deferred by a nested transmit (parallel to pendingFrames). */
+  readonly pendingTokens = new RingQueue<number>();
 
   constructor(hub: CanHub, opts: CanHubOptions) {
     this.hub = hub;
@@ -368,6 +402,10 @@ class BusEngine {
     }
     const port = new Port(this, this.nextPortId++, name, limit, handler);
     if (opts.accept !== undefined) port.setAcceptPolicy(opts.accept);
+    if (opts.confirmsTransmit) {
+      port.confirmsTransmit = true;
+      this.confirmingPorts++;
+    }
     this.ports = Object.freeze([...this.ports, port]);
     return port;
   }
@@ -377,11 +415,38 @@ class BusEngine {
     port.attached = false;
     port.receiving = false;
     port.notifyPending = false;
+    if (port.confirmsTransmit) {
+      this.confirmingPorts--;
+      // Frames this port never got to transmit: their senders learn they did not go out.
+      for (let f = port.queue.shift(); f !== undefined; f = port.queue.shift()) {
+        port.stats.rxDiscardedClosed++;
+        this.confirm(f, false);
+      }
+    }
     port.stats.rxDiscardedClosed += port.queue.clear();
     this.ports = Object.freeze(this.ports.filter((p) => p !== port));
   }
 
-  transmit(sender: Port, frame: CanFrame): TxResult {
+  /** Counts one confirmation for `frame`; completes the sender's request when all are in. */
+  confirm(frame: CanFrame, ok: boolean): void {
+    const p = this.awaiting.get(frame);
+    if (p === undefined) return;
+    if (!ok) p.ok = false;
+    if (--p.remaining > 0) return;
+    this.awaiting.delete(frame);
+    this.completeTx(p.sender, p.token, p.ok);
+  }
+
+  completeTx(sender: Port, token: number, ok: boolean): void {
+    if (!sender.attached) return;
+    try {
+      sender.handler.onTxComplete?.(token, ok);
+    } catch (err) {
+      this.handlerFailed(err, sender);
+    }
+  }
+
+  transmit(sender: Port, frame: CanFrame, token?: number): TxResult {
     if (!sender.attached || validateCanFrame(frame) !== null) {
       sender.stats.txRejected++;
       return 'dropped';
@@ -398,23 +463,32 @@ class BusEngine {
     this.bits += bits;
     this.load.add(now, (bits - dataBits) / this.bitrate + dataBits / this.dataBitrate);
 
+    // With a confirming port on the bus a sender that can take a late completion gets one.
+    const tok = token !== undefined && this.confirmingPorts > 0 ? token : -1;
     if (this.delivering) {
       // Called from inside a handler: deliver after the frame being fanned out (FIFO), not recursively.
       this.pendingFrames.push(stamped);
       this.pendingSenders.push(sender);
-      return 'sent';
+      this.pendingTokens.push(tok);
+      return tok >= 0 ? 'pending' : 'sent';
     }
+    let result: TxResult = 'sent';
     this.delivering = true;
     try {
-      this.fanOut(stamped, sender);
+      if (this.fanOut(stamped, sender, tok) > 0) result = 'pending';
       while (this.pendingFrames.size > 0) {
-        this.fanOut(this.pendingFrames.shift()!, this.pendingSenders.shift()!);
+        const f = this.pendingFrames.shift()!;
+        const s = this.pendingSenders.shift()!;
+        const t = this.pendingTokens.shift()!;
+        // A deferred transmit already answered 'pending': complete it now if nobody must confirm.
+        if (this.fanOut(f, s, t) === 0 && t >= 0) this.completeTx(s, t, true);
       }
     } finally {
       this.delivering = false;
       // Only non-empty if fanOut itself threw (a bug): do not deliver stale frames on the next transmit.
       this.pendingFrames.clear();
       this.pendingSenders.clear();
+      this.pendingTokens.clear();
     }
     if (this.failed) {
       const cause = this.firstError;
@@ -428,15 +502,21 @@ class BusEngine {
         { cause },
       );
     }
-    return 'sent';
+    return result;
   }
 
-  /** Queues `frame` for every other port, then notifies those that got it. No allocation. */
-  fanOut(frame: CanFrame, sender: Port): void {
+  /**
+   * Queues `frame` for every other port, then notifies those that got it. Returns how many
+   * confirming ports must still confirm it (0 when `token` < 0 or none took it). No allocation
+   * unless a confirmation is awaited.
+   */
+  fanOut(frame: CanFrame, sender: Port, token: number): number {
     const ports = this.ports; // stable snapshot: attach/detach replace the array
     const n = ports.length;
     const payload = frame.rtr ? 0 : frame.len;
     let queuedAny = false;
+    let confirmations = 0;
+    let refusedByConfirming = false;
     for (let i = 0; i < n; i++) {
       const p = ports[i]!;
       if (p === sender || !p.attached) continue;
@@ -445,18 +525,37 @@ class BusEngine {
         st.rxFiltered++;
       } else if (!p.receiving) {
         st.rxDiscardedClosed++;
+        if (p.confirmsTransmit) refusedByConfirming = true;
       } else if (p.queue.size >= p.queueLimit) {
         st.rxDroppedOverflow++;
         this.droppedOverflow++;
+        if (p.confirmsTransmit) refusedByConfirming = true;
       } else {
         p.queue.push(frame);
         st.rxFrames++;
         st.rxBytes += payload;
         p.notifyPending = true;
         queuedAny = true;
+        if (p.confirmsTransmit) confirmations++;
       }
     }
-    if (!queuedAny) return;
+    if (token >= 0 && (confirmations > 0 || refusedByConfirming)) {
+      // Registered before any handler runs, so a confirmation from inside a handler is counted.
+      this.awaiting.set(frame, { sender, token, remaining: confirmations + 1, ok: !refusedByConfirming });
+    } else {
+      confirmations = 0;
+    }
+    if (queuedAny) this.notify(ports);
+    if (confirmations > 0 || (token >= 0 && refusedByConfirming)) {
+      // Drop the extra count taken above now that every handler ran; completes if all confirmed.
+      this.confirm(frame, !refusedByConfirming);
+      return 1;
+    }
+    return 0;
+  }
+
+  notify(ports: readonly Port[]): void {
+    const n = ports.length;
     // Notify only after every receiver has the frame, so a handler that transmits, detaches or drains
     // sees a consistent bus (its nested transmit is deferred to the FIFO anyway).
     for (let i = 0; i < n; i++) {
@@ -501,6 +600,8 @@ class BusEngine {
     for (const p of this.ports) this.detach(p);
     this.pendingFrames.clear();
     this.pendingSenders.clear();
+    this.pendingTokens.clear();
+    this.awaiting.clear();
   }
 }
 

@@ -523,6 +523,7 @@ class BusEngine {
       const st = p.stats;
       if (!p.accepts(frame)) {
         st.rxFiltered++;
+        if (p.confirmsTransmit) refusedByConfirming = true; // that bus cannot carry it
       } else if (!p.receiving) {
         st.rxDiscardedClosed++;
         if (p.confirmsTransmit) refusedByConfirming = true;

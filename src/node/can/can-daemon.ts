@@ -6,13 +6,14 @@ import { type CanHub, HubRegistry } from '../../core/bus/hub.js';
 import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-device.js';
 import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
+import { type SocketCanNative, SocketCanPort } from '../bus/socketcan-port.js';
 import { native as defaultNative, type NativeAddon } from '../native/addon.js';
 import { VhostUserDaemon } from '../vhost-user/daemon.js';
 
 /** Where one guest's CAN traffic goes. */
 export type BusSpec =
   | { kind: 'virtual'; name: string }
-  /** A host SocketCAN interface (parsed today, served once SocketCAN ports exist). */
+  /** A host SocketCAN interface (vcan0, can0): guests naming the same one share it. */
   | { kind: 'host'; ifname: string };
 
 export const DEFAULT_VIRTUAL_BUS = 'default';
@@ -50,6 +51,8 @@ export interface CanDaemon {
   hubFor(index: number): CanHub;
   /** The device currently serving socket `index` (null while no front-end is connected). */
   device(index: number): CanDevice | null;
+  /** The SocketCAN ports, by interface name. */
+  readonly hostPorts: ReadonlyMap<string, SocketCanPort>;
   stop(): void;
 }
 
@@ -61,22 +64,39 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   if (buses.length !== opts.paths.length) {
     throw new CanDaemonError('ERR_BUS_COUNT', `${opts.paths.length} sockets but ${buses.length} bus entries`);
   }
-  for (const b of buses) {
-    if (b.kind === 'host') {
-      throw new CanDaemonError(
-        'ERR_HOST_CAN_UNSUPPORTED',
-        `host CAN interface "${b.ifname}": SocketCAN ports are not implemented yet; use virtual buses (omit --can-devices or use virtual:NAME)`,
-      );
-    }
-  }
   const hubs = opts.hubs ?? new HubRegistry({ clock });
   const ownsHubs = opts.hubs === undefined;
-  const hubOf = (i: number): CanHub => {
+  const hubName = (b: BusSpec): string => (b.kind === 'virtual' ? b.name : `host:${b.ifname}`);
+  const hubOf = (i: number): CanHub => hubs.get(hubName(buses[i]!));
+  const n = opts.native ?? defaultNative;
+  // One SocketCAN port per host interface, shared by the guests that name it. Start-up checks
+  // (no AF_CAN, missing, not CAN, down) fail here with a clear error, before any socket exists.
+  const hostPorts = new Map<string, SocketCanPort>();
+  try {
+    for (const b of buses) {
+      if (b.kind !== 'host' || hostPorts.has(b.ifname)) continue;
+      hostPorts.set(
+        b.ifname,
+        new SocketCanPort({
+          native: n as NativeAddon & SocketCanNative,
+          hub: hubs.get(hubName(b)),
+          ifname: b.ifname,
+          log,
+        }),
+      );
+    }
+  } catch (err) {
+    for (const p of hostPorts.values()) p.close();
+    if (ownsHubs) hubs.closeAll();
+    throw err;
+  }
+  /** CAN FD only where the bus can carry it (a host interface with MTU 72). */
+  const featuresOf = (i: number): Partial<CanFeatureSwitches> | undefined => {
     const b = buses[i]!;
-    return hubs.get(b.kind === 'virtual' ? b.name : b.ifname);
+    if (b.kind !== 'host' || hostPorts.get(b.ifname)!.fd) return opts.features;
+    return { ...opts.features, fd: false };
   };
   const devices: (CanDevice | null)[] = opts.paths.map(() => null);
-  const n = opts.native ?? defaultNative;
   const daemon = new VhostUserDaemon({
     native: n,
     paths: opts.paths,
@@ -86,7 +106,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
       const dev = new CanDevice({
         hub: hubOf(index),
         portName: `guest${index}`,
-        ...(opts.features === undefined ? {} : { features: opts.features }),
+        ...(featuresOf(index) === undefined ? {} : { features: featuresOf(index)! }),
         ...(opts.eventIdx === undefined ? {} : { eventIdx: opts.eventIdx }),
         ...(opts.indirectDesc === undefined ? {} : { indirectDesc: opts.indirectDesc }),
         ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
@@ -121,14 +141,22 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
       return dev;
     },
   });
-  daemon.start();
+  try {
+    daemon.start();
+  } catch (err) {
+    for (const p of hostPorts.values()) p.close();
+    if (ownsHubs) hubs.closeAll();
+    throw err;
+  }
   return {
     daemon,
     hubs,
     hubFor: hubOf,
     device: (i) => devices[i] ?? null,
+    hostPorts,
     stop: () => {
       daemon.stop();
+      for (const p of hostPorts.values()) p.close();
       if (ownsHubs) hubs.closeAll();
     },
   };

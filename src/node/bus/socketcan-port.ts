@@ -1,0 +1,562 @@
+/**
+ * A host SocketCAN interface (vcan0, can0, ...) as a port on a CAN hub.
+ *
+ * One raw socket per interface, shared by every guest on that bus; guests talk to each other through
+ * the hub directly, and the socket carries what crosses to and from the host:
+ * - guest -> host: frames queued for this port are written in batches (sendmmsg). The kernel echoes
+ *   each of our own frames back once it was transmitted (CAN_RAW_RECV_OWN_MSGS, flagged MSG_CONFIRM);
+ *   that echo confirms the frame to the hub, which completes the guest's request (LATE_TX_ACK). Echoes
+ *   are never forwarded to guests (the Linux driver echoes locally).
+ * - host -> guests: every other frame read (recvmmsg) is put on the hub.
+ * - Back-pressure: when the kernel's queue is full (ENOBUFS/EAGAIN) frames stay in the port's bounded
+ *   queue and are retried with a short backoff; beyond the bound the hub counts the overflow and the
+ *   guest's request fails with NOT_OK. Nothing is dropped without a counter.
+ * - Controller state: error frames (bus-off, error-passive, warnings, restarted) are turned into bus
+ *   states for every guest on the bus. An interface that goes down or disappears is noticed (socket
+ *   errors and a periodic check), its in-flight frames fail, guests' transmits fail NOT_OK while it is
+ *   gone, and the socket is reopened when it comes back.
+ * Readiness comes from the fd watcher: no spinning, no CPU while idle.
+ */
+import { type CanFrame, canFdDlcToLen, canFdLenToDlc } from '../../core/bus/can-frame.js';
+import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/hub.js';
+import { RingQueue } from '../../core/bus/ring-queue.js';
+import type { Logger } from '../../core/util/log.js';
+
+/** Linux SocketCAN constants (include/uapi/linux/can.h, can/raw.h, can/error.h). */
+export const LinuxCan = {
+  EFF_FLAG: 0x80000000,
+  RTR_FLAG: 0x40000000,
+  ERR_FLAG: 0x20000000,
+  SFF_MASK: 0x7ff,
+  EFF_MASK: 0x1fffffff,
+  ERR_MASK: 0x1fffffff,
+  CANFD_BRS: 0x01,
+  CANFD_ESI: 0x02,
+  CANFD_FDF: 0x04,
+  CAN_MTU: 16,
+  CANFD_MTU: 72,
+  MSG_CONFIRM: 0x800,
+  ERR_CRTL: 0x04,
+  ERR_BUSOFF: 0x40,
+  ERR_RESTARTED: 0x100,
+  ERR_CRTL_RX_WARNING: 0x04,
+  ERR_CRTL_TX_WARNING: 0x08,
+  ERR_CRTL_RX_PASSIVE: 0x10,
+  ERR_CRTL_TX_PASSIVE: 0x20,
+  ERR_CRTL_ACTIVE: 0x40,
+} as const;
+
+/** Bytes per frame record in batch buffers (see native/can.c). */
+export const RECORD = 88;
+const BATCH = 32;
+
+/** The addon functions this port uses (src/node/native/addon.ts). */
+export interface SocketCanNative {
+  canIfInfo(ifname: string): { index: number; mtu: number; up: boolean; running: boolean; isCan: boolean };
+  canOpen(
+    ifname: string,
+    opts: { fd: boolean; loopback: boolean; recvOwnMsgs: boolean; errMask: number; rcvbuf?: number },
+  ): number;
+  canRecvBatch(fd: number, buf: Uint8Array, maxFrames: number, meta: Uint32Array): number | null;
+  canSendBatch(fd: number, buf: Uint8Array, count: number): number;
+  canSupported(): boolean;
+  close(fd: number): void;
+  readonly READABLE: number;
+  Watcher: new (
+    fd: number,
+    cb: (status: number, events: number) => void,
+  ) => { start(events: number): void; stop(): void; close(): void };
+}
+
+export class SocketCanError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SocketCanError';
+    this.code = code;
+  }
+}
+
+export interface HostInterfaceInfo {
+  ifname: string;
+  mtu: number;
+  /** The interface carries CAN FD frames (MTU 72 or more). */
+  fd: boolean;
+}
+
+/** Start-up checks with clear errors: AF_CAN present, interface exists, is CAN, is up. */
+export function checkHostInterface(native: SocketCanNative, ifname: string): HostInterfaceInfo {
+  if (!native.canSupported()) {
+    throw new SocketCanError(
+      'ERR_HOST_CAN_UNSUPPORTED',
+      `host CAN interface "${ifname}": this kernel has no SocketCAN (AF_CAN); load the can and can-raw modules, or use virtual buses`,
+    );
+  }
+  let info: ReturnType<SocketCanNative['canIfInfo']>;
+  try {
+    info = native.canIfInfo(ifname);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'ENODEV' || code === 'ENXIO') {
+      throw new SocketCanError('ERR_HOST_CAN_MISSING', `host CAN interface "${ifname}" does not exist`, {
+        cause: err,
+      });
+    }
+    throw new SocketCanError('ERR_HOST_CAN', `cannot inspect "${ifname}": ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  if (!info.isCan) throw new SocketCanError('ERR_HOST_CAN_NOT_CAN', `"${ifname}" is not a CAN interface`);
+  if (!info.up) {
+    throw new SocketCanError(
+      'ERR_HOST_CAN_DOWN',
+      `host CAN interface "${ifname}" is down; bring it up first (ip link set ${ifname} up)`,
+    );
+  }
+  return { ifname, mtu: info.mtu, fd: info.mtu >= LinuxCan.CANFD_MTU };
+}
+
+export interface SocketCanPortOptions {
+  native: SocketCanNative;
+  hub: CanHub;
+  ifname: string;
+  log: Logger;
+  /** Frames waiting for the kernel's TX queue (default 256). */
+  txBacklog?: number;
+  /** How often the interface state is checked, ms (default 1000; 0 = never). */
+  checkIntervalMs?: number;
+  /** A written frame not echoed within this many ms fails NOT_OK (default 2000). */
+  confirmTimeoutMs?: number;
+  /** Socket receive buffer, bytes (default: the kernel's). */
+  rcvbuf?: number;
+}
+
+export interface SocketCanStats {
+  /** Frames read from the interface and put on the bus. */
+  rxFrames: number;
+  /** Frames written to the interface. */
+  txFrames: number;
+  /** Written frames whose echo confirmed transmission. */
+  txConfirmed: number;
+  /** Frames that could not be transmitted (interface down, write error, no echo in time). */
+  txFailed: number;
+  /** Times the kernel queue was full (ENOBUFS/EAGAIN) and frames waited. */
+  txBackpressure: number;
+  /** The kernel's count of frames dropped because our socket's receive queue was full. */
+  rxKernelDrops: number;
+  /** FD frames with a non-canonical length, padded to the next valid length. */
+  rxPadded: number;
+  errorFrames: number;
+  busOff: number;
+  /** Times the interface went down or away, and came back. */
+  down: number;
+  reattached: number;
+}
+
+type LinkState = 'up' | 'down';
+
+export class SocketCanPort implements BusPortHandler {
+  readonly ifname: string;
+  readonly port: HubPort;
+  readonly stats: SocketCanStats = {
+    rxFrames: 0,
+    txFrames: 0,
+    txConfirmed: 0,
+    txFailed: 0,
+    txBackpressure: 0,
+    rxKernelDrops: 0,
+    rxPadded: 0,
+    errorFrames: 0,
+    busOff: 0,
+    down: 0,
+    reattached: 0,
+  };
+  fd = false;
+
+  private readonly native: SocketCanNative;
+  private readonly hub: CanHub;
+  private readonly log: Logger;
+  private readonly confirmTimeoutMs: number;
+  private readonly rcvbuf: number | undefined;
+  private sock = -1;
+  private watcher: { start(events: number): void; stop(): void; close(): void } | null = null;
+  private link: LinkState = 'down';
+  private closed = false;
+  private readonly inflight = new RingQueue<CanFrame>(64);
+  private readonly inflightAt = new RingQueue<number>(64);
+  private readonly txBuf = new Uint8Array(RECORD * BATCH);
+  private readonly txDv = new DataView(this.txBuf.buffer);
+  private readonly txFrames: CanFrame[] = [];
+  private readonly rxBuf = new Uint8Array(RECORD * BATCH);
+  private readonly rxDv = new DataView(this.rxBuf.buffer);
+  private readonly meta = new Uint32Array(2);
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryDelay = 1;
+  private readonly checkTimer: ReturnType<typeof setInterval> | null;
+
+  constructor(opts: SocketCanPortOptions) {
+    this.native = opts.native;
+    this.hub = opts.hub;
+    this.ifname = opts.ifname;
+    this.log = opts.log.child({ host: opts.ifname });
+    this.confirmTimeoutMs = opts.confirmTimeoutMs ?? 2000;
+    this.rcvbuf = opts.rcvbuf;
+    const info = checkHostInterface(this.native, this.ifname);
+    this.fd = info.fd;
+    this.port = this.hub.attach(this, {
+      name: `host:${this.ifname}`,
+      queueLimit: opts.txBacklog ?? 256,
+      confirmsTransmit: true,
+      accept: { classic: true, fd: info.fd, rtr: true },
+    });
+    this.openSocket();
+    const every = opts.checkIntervalMs ?? 1000;
+    this.checkTimer = every > 0 ? setInterval(() => this.checkLink(), every) : null;
+    this.checkTimer?.unref();
+  }
+
+  get linkState(): LinkState {
+    return this.link;
+  }
+
+  /** Frames written and not yet confirmed by their echo. */
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  private openSocket(): void {
+    this.sock = this.native.canOpen(this.ifname, {
+      fd: this.fd,
+      loopback: true, // other host applications (candump) must see guests' frames
+      recvOwnMsgs: true, // our own frames come back flagged MSG_CONFIRM: the TX confirmation
+      errMask: LinuxCan.ERR_MASK,
+      ...(this.rcvbuf === undefined ? {} : { rcvbuf: this.rcvbuf }),
+    });
+    const w = new this.native.Watcher(this.sock, (status) => {
+      if (status < 0) this.linkLost(`socket error ${status}`);
+      else this.readAll();
+    });
+    w.start(this.native.READABLE);
+    this.watcher = w;
+    this.link = 'up';
+    this.port.setReceiving(true);
+  }
+
+  private closeSocket(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.sock >= 0) {
+      try {
+        this.native.close(this.sock);
+      } catch {
+        /* already gone */
+      }
+    }
+    this.sock = -1;
+  }
+
+  // ---- guests -> host --------------------------------------------------------------------------
+
+  onFramesAvailable(): void {
+    if (this.retryTimer === null) this.flush();
+  }
+
+  private flush(): void {
+    const port = this.port;
+    while (port.queued > 0 && this.sock >= 0) {
+      let n = 0;
+      const frames = this.txFrames;
+      frames.length = 0;
+      for (let f = port.peek(); f !== undefined && n < BATCH; f = port.peek()) {
+        this.writeRecord(n, f);
+        frames.push(f);
+        port.take();
+        n++;
+      }
+      let sent: number;
+      try {
+        sent = this.native.canSendBatch(this.sock, this.txBuf, n);
+      } catch (err) {
+        for (const f of frames) this.fail(f);
+        this.linkLost(`write failed: ${(err as Error).message}`);
+        return;
+      }
+      const now = Date.now();
+      for (let i = 0; i < sent; i++) {
+        this.inflight.push(frames[i]!);
+        this.inflightAt.push(now);
+      }
+      this.stats.txFrames += sent;
+      if (sent < n) {
+        // Kernel queue full: the rest go back to the front, in order, and are retried shortly.
+        this.stats.txBackpressure++;
+        this.requeue(frames, sent);
+        this.scheduleRetry();
+        return;
+      }
+    }
+    this.retryDelay = 1;
+  }
+
+  /** Puts frames[from..] back at the head of the port queue (order kept) via a local queue. */
+  private requeue(frames: CanFrame[], from: number): void {
+    // The hub queue has no push-front: keep the unsent ones in `pendingRetry`, tried first.
+    for (let i = from; i < frames.length; i++) this.pendingRetry.push(frames[i]!);
+  }
+
+  private readonly pendingRetry = new RingQueue<CanFrame>(32);
+
+  private scheduleRetry(): void {
+    if (this.retryTimer !== null) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.retryPending();
+    }, this.retryDelay);
+    this.retryDelay = Math.min(this.retryDelay * 2, 50);
+  }
+
+  private retryPending(): void {
+    while (this.pendingRetry.size > 0 && this.sock >= 0) {
+      let n = 0;
+      const frames = this.txFrames;
+      frames.length = 0;
+      for (let f = this.pendingRetry.peek(); f !== undefined && n < BATCH; f = this.pendingRetry.peek()) {
+        this.writeRecord(n++, f);
+        frames.push(f);
+        this.pendingRetry.shift();
+      }
+      let sent: number;
+      try {
+        sent = this.native.canSendBatch(this.sock, this.txBuf, n);
+      } catch (err) {
+        for (const f of frames) this.fail(f);
+        this.linkLost(`write failed: ${(err as Error).message}`);
+        return;
+      }
+      const now = Date.now();
+      for (let i = 0; i < sent; i++) {
+        this.inflight.push(frames[i]!);
+        this.inflightAt.push(now);
+      }
+      this.stats.txFrames += sent;
+      if (sent < n) {
+        this.stats.txBackpressure++;
+        // Back to the front of the retry queue, in order.
+        const rest = frames.slice(sent);
+        const tail: CanFrame[] = [];
+        for (let f = this.pendingRetry.shift(); f !== undefined; f = this.pendingRetry.shift()) tail.push(f);
+        for (const f of rest) this.pendingRetry.push(f);
+        for (const f of tail) this.pendingRetry.push(f);
+        this.scheduleRetry();
+        return;
+      }
+    }
+    this.retryDelay = 1;
+    this.flush();
+  }
+
+  private writeRecord(i: number, f: CanFrame): void {
+    const o = i * RECORD;
+    const dv = this.txDv;
+    let id = f.extended ? (f.id | LinuxCan.EFF_FLAG) >>> 0 : f.id;
+    if (f.rtr) id = (id | LinuxCan.RTR_FLAG) >>> 0;
+    dv.setUint32(o, id, true);
+    dv.setUint8(o + 4, f.len);
+    dv.setUint8(
+      o + 5,
+      f.fd ? LinuxCan.CANFD_FDF | (f.brs ? LinuxCan.CANFD_BRS : 0) | (f.esi ? LinuxCan.CANFD_ESI : 0) : 0,
+    );
+    dv.setUint8(o + 6, 0);
+    dv.setUint8(o + 7, f.len8Dlc);
+    if (!f.rtr) this.txBuf.set(f.data, o + 8);
+    dv.setUint32(o + 72, f.fd ? LinuxCan.CANFD_MTU : LinuxCan.CAN_MTU, true);
+    dv.setUint32(o + 76, 0, true);
+  }
+
+  private fail(f: CanFrame): void {
+    this.stats.txFailed++;
+    this.port.confirm(f, false);
+  }
+
+  // ---- host -> guests --------------------------------------------------------------------------
+
+  private readAll(): void {
+    for (;;) {
+      if (this.sock < 0) return;
+      let n: number | null;
+      try {
+        n = this.native.canRecvBatch(this.sock, this.rxBuf, BATCH, this.meta);
+      } catch (err) {
+        this.linkLost(`read failed: ${(err as Error).message}`);
+        return;
+      }
+      if (n === null) return;
+      if (this.meta[0]! !== this.stats.rxKernelDrops) {
+        if (this.stats.rxKernelDrops === 0)
+          this.log.warn('kernel dropped received frames (socket queue full)');
+        this.stats.rxKernelDrops = this.meta[0]!;
+      }
+      for (let i = 0; i < n; i++) this.onRecord(i);
+    }
+  }
+
+  private onRecord(i: number): void {
+    const o = i * RECORD;
+    const dv = this.rxDv;
+    const canId = dv.getUint32(o, true);
+    const msgFlags = dv.getUint32(o + 76, true);
+    if (msgFlags & LinuxCan.MSG_CONFIRM) {
+      this.confirmEcho();
+      return;
+    }
+    if (canId & LinuxCan.ERR_FLAG) {
+      this.onErrorFrame(canId, o);
+      return;
+    }
+    const fd = dv.getUint32(o + 72, true) === LinuxCan.CANFD_MTU;
+    const extended = (canId & LinuxCan.EFF_FLAG) !== 0;
+    const rtr = !fd && (canId & LinuxCan.RTR_FLAG) !== 0;
+    let len = dv.getUint8(o + 4);
+    const flags = dv.getUint8(o + 5);
+    if (fd) {
+      const canonical = canFdDlcToLen(canFdLenToDlc(Math.min(len, 64)));
+      if (canonical !== len) {
+        // vcan passes any length through; a real bus only has DLC lengths: pad with zeros.
+        this.stats.rxPadded++;
+        len = canonical;
+      }
+    } else if (len > 8) {
+      len = 8;
+    }
+    const len8 = dv.getUint8(o + 7);
+    const data = rtr ? EMPTY : new Uint8Array(len);
+    if (!rtr) {
+      const kernelLen = Math.min(dv.getUint8(o + 4), len);
+      data.set(this.rxBuf.subarray(o + 8, o + 8 + kernelLen));
+    }
+    const frame: CanFrame = {
+      id: extended ? canId & LinuxCan.EFF_MASK : canId & LinuxCan.SFF_MASK,
+      extended,
+      rtr,
+      fd,
+      brs: fd && (flags & LinuxCan.CANFD_BRS) !== 0,
+      esi: fd && (flags & LinuxCan.CANFD_ESI) !== 0,
+      len,
+      len8Dlc: !fd && !rtr && len === 8 && len8 >= 9 && len8 <= 15 ? len8 : 0,
+      data,
+      timestampNs: 0n,
+      origin: 0,
+    };
+    this.stats.rxFrames++;
+    this.port.transmit(frame);
+  }
+
+  /**
+   * Our own frame came back: it was transmitted. The kernel echoes one socket's frames in write
+   * order, so the echo belongs to the oldest frame in flight.
+   */
+  private confirmEcho(): void {
+    const f = this.inflight.shift();
+    this.inflightAt.shift();
+    if (f === undefined) return; // the echo of a frame already failed (timeout, link loss)
+    this.stats.txConfirmed++;
+    this.port.confirm(f, true);
+  }
+
+  private onErrorFrame(canId: number, o: number): void {
+    this.stats.errorFrames++;
+    const ctrl = this.rxDv.getUint8(o + 8 + 1);
+    let state: BusState | null = null;
+    if (canId & LinuxCan.ERR_BUSOFF) {
+      state = 'bus-off';
+      this.stats.busOff++;
+    } else if (canId & LinuxCan.ERR_RESTARTED) {
+      state = 'error-active';
+    } else if (canId & LinuxCan.ERR_CRTL) {
+      if (ctrl & (LinuxCan.ERR_CRTL_RX_PASSIVE | LinuxCan.ERR_CRTL_TX_PASSIVE)) state = 'error-passive';
+      else if (ctrl & (LinuxCan.ERR_CRTL_RX_WARNING | LinuxCan.ERR_CRTL_TX_WARNING)) state = 'error-warning';
+      else if (ctrl & LinuxCan.ERR_CRTL_ACTIVE) state = 'error-active';
+    }
+    if (state === null) return;
+    this.log.info('host controller state', { state });
+    if (state === 'bus-off') {
+      // The controller dropped its TX queue: frames written but not echoed will never be.
+      this.failInflight();
+    }
+    this.broadcast(state);
+  }
+
+  private broadcast(state: BusState): void {
+    for (const p of this.hub.ports()) {
+      if (p.id !== this.port.id) this.hub.injectBusState(p.id, state);
+    }
+  }
+
+  private failInflight(): void {
+    for (let f = this.inflight.shift(); f !== undefined; f = this.inflight.shift()) this.fail(f);
+    this.inflightAt.clear();
+    for (let f = this.pendingRetry.shift(); f !== undefined; f = this.pendingRetry.shift()) this.fail(f);
+  }
+
+  // ---- link state ------------------------------------------------------------------------------
+
+  private linkLost(reason: string): void {
+    if (this.link === 'down') return;
+    this.link = 'down';
+    this.stats.down++;
+    this.log.warn('host interface lost; guests on this bus get NOT_OK until it is back', { reason });
+    this.closeSocket();
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.failInflight();
+    // Refuse guests' frames (the hub then fails their requests) until the interface is back.
+    this.port.setReceiving(false);
+  }
+
+  /** Periodic: notice an interface that went away or down, and reattach when it is back up. */
+  checkLink(): void {
+    if (this.closed) return;
+    let info: ReturnType<SocketCanNative['canIfInfo']> | null = null;
+    try {
+      info = this.native.canIfInfo(this.ifname);
+    } catch {
+      info = null;
+    }
+    const usable = info !== null && info.isCan && info.up;
+    if (!usable) {
+      this.linkLost(info === null ? 'interface disappeared' : 'interface is down');
+      return;
+    }
+    // Frames written long ago and never echoed (no ACK on a real bus, a lost echo): fail them.
+    const now = Date.now();
+    while (this.inflightAt.size > 0 && now - this.inflightAt.peek()! > this.confirmTimeoutMs) {
+      this.inflightAt.shift();
+      this.fail(this.inflight.shift()!);
+    }
+    if (this.link === 'down') {
+      try {
+        // The interface may have come back with a smaller MTU: FD frames then cannot go out.
+        this.fd = info!.mtu >= LinuxCan.CANFD_MTU && this.fd;
+        this.port.setAcceptPolicy({ classic: true, fd: this.fd, rtr: true });
+        this.openSocket();
+        this.stats.reattached++;
+        this.log.info('host interface is back; reattached');
+        this.broadcast('error-active');
+      } catch (err) {
+        this.log.warn('cannot reattach the host interface yet', { reason: (err as Error).message });
+      }
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.checkTimer !== null) clearInterval(this.checkTimer);
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.closeSocket();
+    this.failInflight();
+    this.port.detach();
+  }
+}
+
+const EMPTY = new Uint8Array(0);

@@ -522,7 +522,7 @@ export class SocketCanPort implements BusPortHandler {
     } catch {
       info = null;
     }
-    const usable = info !== null && info.isCan && info.up;
+    const usable = info?.isCan === true && info.up;
     if (!usable) {
       this.linkLost(info === null ? 'interface disappeared' : 'interface is down');
       return;

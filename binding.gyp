@@ -7,7 +7,8 @@
         "native/errors.c",
         "native/fd.c",
         "native/mmap.c",
-        "native/watcher.c"
+        "native/watcher.c",
+        "native/can.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],

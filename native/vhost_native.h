@@ -1,6 +1,7 @@
 /*
  * vhost_native: a small Node-API addon exposing the Linux syscalls a vhost-user
- * back-end needs (fd passing, memfd/mmap, eventfd, readiness polling).
+ * back-end needs (fd passing, memfd/mmap, eventfd, readiness polling, AF_CAN
+ * raw sockets with batched frame records).
  *
  * Rules for everything in native/:
  *   - syscalls only, no policy: callers in TypeScript decide what a failure means;
@@ -91,5 +92,6 @@ napi_value vn_null(napi_env env);
 bool vn_init_fd(napi_env env, napi_value exports);
 bool vn_init_mmap(napi_env env, napi_value exports);
 bool vn_init_watcher(napi_env env, napi_value exports);
+bool vn_init_can(napi_env env, napi_value exports);
 
 #endif /* VHOST_NATIVE_H */

@@ -6,7 +6,7 @@ import { type CanHub, HubRegistry } from '../../core/bus/hub.js';
 import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-device.js';
 import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
-import { type SocketCanNative, SocketCanPort } from '../bus/socketcan-port.js';
+import { SocketCanPort } from '../bus/socketcan-port.js';
 import { native as defaultNative, type NativeAddon } from '../native/addon.js';
 import { VhostUserDaemon } from '../vhost-user/daemon.js';
 

@@ -28,6 +28,45 @@ export interface NativeSystemError extends Error {
   syscall: string;
 }
 
+/** The result of `NativeAddon.canIfInfo()`. */
+export interface CanIfInfo {
+  /** The interface index (what `sockaddr_can.can_ifindex` takes). */
+  index: number;
+  /** MTU: 16 = classic CAN only, 72 = CAN FD capable (vcan: `ip link set vcan0 mtu 72`). */
+  mtu: number;
+  /** IFF_UP: administratively up. */
+  up: boolean;
+  /** IFF_RUNNING: operationally up (a CAN controller in bus-off is not running). */
+  running: boolean;
+  /** The hardware type is ARPHRD_CAN (280). */
+  isCan: boolean;
+}
+
+/** Options of `NativeAddon.canOpen()`. */
+export interface CanOpenOptions {
+  /** CAN_RAW_FD_FRAMES: send and receive CAN FD frames too (set only when true). */
+  fd: boolean;
+  /** CAN_RAW_LOOPBACK: frames sent go to the other sockets of this host too (kernel default: on). */
+  loopback: boolean;
+  /**
+   * CAN_RAW_RECV_OWN_MSGS: this socket receives its own frames back, flagged MSG_CONFIRM
+   * (needs `loopback`; on a real controller the echo comes after the bus ACK).
+   */
+  recvOwnMsgs: boolean;
+  /** CAN_RAW_ERR_FILTER: error classes to receive as error frames (0 = none, CAN_ERR_MASK = all). */
+  errMask: number;
+  /**
+   * CAN_RAW_FILTER: receive a frame when `(frame.can_id & mask) === (id & mask)` for any entry
+   * (`id | CAN_INV_FILTER` inverts an entry). At most 512. `[]` receives no data frames;
+   * omitted = receive everything.
+   */
+  filters?: readonly { id: number; mask: number }[];
+  /** SO_RCVBUF in bytes (the kernel doubles it and applies a minimum). */
+  rcvbuf?: number;
+  /** SO_SNDBUF in bytes (the kernel doubles it and applies a minimum). */
+  sndbuf?: number;
+}
+
 /** Everything `build/Release/vhost_native.node` exports. */
 export interface NativeAddon {
   /**
@@ -140,6 +179,143 @@ export interface NativeAddon {
    * (EMFILE, ...) throw.
    */
   canSupported(): boolean;
+
+  /**
+   * Facts about a network interface, from SIOCGIFINDEX / SIOCGIFMTU / SIOCGIFFLAGS /
+   * SIOCGIFHWADDR on an AF_UNIX socket, so it also works on kernels without AF_CAN.
+   * `isCan` is "the hardware type is ARPHRD_CAN (280)": true for vcan, vxcan and real CAN
+   * controllers. `up` is IFF_UP (administratively up), `running` IFF_RUNNING (carrier; a
+   * CAN controller in bus-off is up but not running).
+   * Throws ENODEV (syscall 'if_nametoindex') for a missing interface, an empty name or one
+   * longer than 15 bytes.
+   */
+  canIfInfo(ifname: string): CanIfInfo;
+
+  /**
+   * A CAN_RAW socket bound to `ifname` (non-blocking, close-on-exec), configured in this
+   * order: CAN_RAW_FD_FRAMES (only when `opts.fd`), CAN_RAW_LOOPBACK, CAN_RAW_RECV_OWN_MSGS,
+   * CAN_RAW_ERR_FILTER, CAN_RAW_FILTER (only when `opts.filters` is given), SO_TIMESTAMPNS,
+   * SO_RXQ_OVFL, SO_RCVBUF / SO_SNDBUF (only when given), then bind. The socket is closed on
+   * any failure. Errors: EAFNOSUPPORT/EPROTONOSUPPORT (syscall 'socket') without AF_CAN,
+   * ENODEV ('if_nametoindex') for a missing interface, ENODEV ('bind') for a non-CAN one,
+   * 'setsockopt' for a refused option. Options are validated before any syscall.
+   */
+  canOpen(ifname: string, opts: CanOpenOptions): number;
+
+  /**
+   * One recvmmsg(MSG_DONTWAIT) of up to `min(maxFrames, buf.byteLength / 88, 64)` frames
+   * straight into the records of `buf` (layout: src/node/native/can-records.ts; no
+   * allocation per frame). Returns the number of records filled, or `null` when nothing is
+   * queued (EAGAIN). Each record gets the frame (bytes 0..71; a classic frame's unused bytes
+   * 16..71 are zeroed), its wire size (16 or 72), the message's `msg_flags` (MSG_CONFIRM:
+   * echo of a frame this socket sent, with `recvOwnMsgs`; MSG_DONTROUTE: sent by another
+   * socket of this host; MSG_CTRUNC: control data truncated) and the SO_TIMESTAMPNS time
+   * in ns (0 when absent).
+   *
+   * `meta` (at least 2 elements) is updated in place: `meta[0]` = the socket's cumulative
+   * SO_RXQ_OVFL drop counter as last reported. The kernel attaches it to a frame only once
+   * the counter is non-zero (it is the value at the time the frame was queued), so `meta[0]`
+   * is left unchanged when no frame of this batch carried it: start it at 0, and expect drops
+   * to show up with the first frame queued after them. `meta[1]` = how many messages of this
+   * batch had their control data truncated (MSG_CTRUNC; not expected).
+   * `buf` must hold at least one record and `maxFrames` must be at least 1 (RangeError).
+   *
+   * Pending socket errors are reported once, as a throw (syscall 'recvmmsg'), even with
+   * frames queued: ENETDOWN after the interface went down (or when the socket was bound
+   * while it was down), ENODEV after it was deleted (the socket is then unbound for good).
+   */
+  canRecvBatch(fd: number, buf: Uint8Array, maxFrames: number, meta: Uint32Array): number | null;
+
+  /**
+   * One sendmmsg(MSG_DONTWAIT) of the first `min(count, 64)` records of `buf`, each sent as
+   * its wire size (bytes 72..75: 16 = classic, 72 = FD; anything else in one of those records
+   * is a RangeError with code 'ERR_INVALID_ARG_VALUE' before any syscall). `count` is
+   * 0..buf.byteLength / 88; 0 makes no syscall. Bytes 76..87 are ignored.
+   *
+   * Returns how many frames were queued, which may be fewer than asked: at most 64 per call,
+   * and the kernel stops at the first frame that fails after at least one succeeded (that
+   * error is not reported; the next call meets it again). Returns 0 when the *first* frame
+   * meets EAGAIN (socket send buffer full) or ENOBUFS (interface TX queue full): that is
+   * back-pressure, not an error, and which of the two it was is not reported. Every other
+   * error of the first frame throws (syscall 'sendmmsg'): ENETDOWN (interface down), EINVAL
+   * (an FD frame on a socket without `fd`, or a frame longer than the interface MTU), ...
+   */
+  canSendBatch(fd: number, buf: Uint8Array, count: number): number;
+
+  /** Bytes per record of canRecvBatch/canSendBatch (see src/node/native/can-records.ts). */
+  readonly CAN_RECORD_SIZE: 88;
+  /** Offset of the frame payload (`canfd_frame.data`) inside a record. */
+  readonly CAN_RECORD_DATA_OFFSET: 8;
+  /** Offset of the u32 wire size inside a record. */
+  readonly CAN_RECORD_WIRE_SIZE_OFFSET: 72;
+  /** Offset of the u32 msg_flags inside a record. */
+  readonly CAN_RECORD_MSG_FLAGS_OFFSET: 76;
+  /** Offset of the u64 timestamp (ns) inside a record. */
+  readonly CAN_RECORD_TIMESTAMP_OFFSET: 80;
+  /** Most frames one canRecvBatch/canSendBatch call handles. */
+  readonly CAN_MAX_BATCH: 64;
+  /** `can_id` flag: 29-bit extended identifier. */
+  readonly CAN_EFF_FLAG: 0x80000000;
+  /** `can_id` flag: remote transmission request (classic frames only). */
+  readonly CAN_RTR_FLAG: 0x40000000;
+  /** `can_id` flag: error frame (class bits in the id, details in data[0..7]). */
+  readonly CAN_ERR_FLAG: 0x20000000;
+  /** 11-bit standard identifier mask. */
+  readonly CAN_SFF_MASK: 0x7ff;
+  /** 29-bit extended identifier mask. */
+  readonly CAN_EFF_MASK: 0x1fffffff;
+  /** All error classes (the value for `errMask` that receives every error frame). */
+  readonly CAN_ERR_MASK: 0x1fffffff;
+  /** Filter `id` flag: invert the filter (receive what does not match). */
+  readonly CAN_INV_FILTER: 0x20000000;
+  /** canfd_frame.flags: bit rate switch. */
+  readonly CANFD_BRS: 0x01;
+  /** canfd_frame.flags: error state indicator of the transmitter. */
+  readonly CANFD_ESI: 0x02;
+  /** canfd_frame.flags: FD frame marker (set by Linux >= 5.19 on every received FD frame). */
+  readonly CANFD_FDF: 0x04;
+  /** Wire size of a classic frame (struct can_frame). */
+  readonly CAN_MTU: 16;
+  /** Wire size of a CAN FD frame (struct canfd_frame). */
+  readonly CANFD_MTU: 72;
+  /** msg_flags: the echo of a frame this socket sent (needs `recvOwnMsgs`). */
+  readonly MSG_CONFIRM: 0x800;
+  /** msg_flags: the frame was sent by another socket on this host (local loopback). */
+  readonly MSG_DONTROUTE: 0x4;
+  /** Error class (can_id of an error frame): TX timeout (by netdevice driver). */
+  readonly CAN_ERR_TX_TIMEOUT: 0x1;
+  /** Error class: lost arbitration, bit number in data[0]. */
+  readonly CAN_ERR_LOSTARB: 0x2;
+  /** Error class: controller problems, details in data[1] (CAN_ERR_CRTL_*). */
+  readonly CAN_ERR_CRTL: 0x4;
+  /** Error class: protocol violations, details in data[2], data[3]. */
+  readonly CAN_ERR_PROT: 0x8;
+  /** Error class: transceiver status, details in data[4]. */
+  readonly CAN_ERR_TRX: 0x10;
+  /** Error class: no ACK on transmission. */
+  readonly CAN_ERR_ACK: 0x20;
+  /** Error class: bus off. */
+  readonly CAN_ERR_BUSOFF: 0x40;
+  /** Error class: bus error (may flood!). */
+  readonly CAN_ERR_BUSERROR: 0x80;
+  /** Error class: controller restarted (after bus-off). */
+  readonly CAN_ERR_RESTARTED: 0x100;
+  /** Error class: TX/RX error counters are valid in data[6], data[7]. */
+  readonly CAN_ERR_CNT: 0x200;
+  /** data[1] of a CAN_ERR_CRTL frame: RX buffer overflow. */
+  readonly CAN_ERR_CRTL_RX_OVERFLOW: 0x01;
+  /** data[1]: TX buffer overflow. */
+  readonly CAN_ERR_CRTL_TX_OVERFLOW: 0x02;
+  /** data[1]: reached warning level for RX errors. */
+  readonly CAN_ERR_CRTL_RX_WARNING: 0x04;
+  /** data[1]: reached warning level for TX errors. */
+  readonly CAN_ERR_CRTL_TX_WARNING: 0x08;
+  /** data[1]: reached error passive status RX. */
+  readonly CAN_ERR_CRTL_RX_PASSIVE: 0x10;
+  /** data[1]: reached error passive status TX. */
+  readonly CAN_ERR_CRTL_TX_PASSIVE: 0x20;
+  /** data[1]: recovered to error active state. */
+  readonly CAN_ERR_CRTL_ACTIVE: 0x40;
 
   /** Bit for `Watcher.start()`: notify when the fd is readable (UV_READABLE). */
   readonly READABLE: 1;

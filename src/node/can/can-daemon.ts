@@ -78,7 +78,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
       hostPorts.set(
         b.ifname,
         new SocketCanPort({
-          native: n as NativeAddon & SocketCanNative,
+          native: n,
           hub: hubs.get(hubName(b)),
           ifname: b.ifname,
           log,

@@ -230,8 +230,11 @@ OPTIONS
         One entry per socket, separated by spaces:
           virtual          the shared default in-process bus
           virtual:NAME     an in-process bus called NAME (guests naming the same bus share it)
-          IFNAME           a host SocketCAN interface (vcan0, can0): not implemented yet
-        Default: every guest on the default virtual bus.
+          IFNAME           a host SocketCAN interface (vcan0, can0); guests naming the
+                           same interface share it and also reach each other directly
+        Default: every guest on the default virtual bus. A host interface must exist, be a CAN
+        interface and be up (ip link set IFNAME up); CAN FD is offered only when its MTU is 72.
+        Losing the interface shows in the guests as bus-off; they restart once it is back.
     --no-can-classic, --no-can-fd, --no-rtr, --no-late-tx-ack
         Do not offer that CAN feature (VIRTIO_CAN_F_CAN_CLASSIC, _CAN_FD, _RTR_FRAMES,
         _LATE_TX_ACK). RTR needs classic CAN and is dropped with --no-can-classic.

@@ -13,8 +13,8 @@
  *   guest's request fails with NOT_OK. Nothing is dropped without a counter.
  * - Controller state: error frames (bus-off, error-passive, warnings, restarted) are turned into bus
  *   states for every guest on the bus. An interface that goes down or disappears is noticed (socket
- *   errors and a periodic check), its in-flight frames fail, guests' transmits fail NOT_OK while it is
- *   gone, and the socket is reopened when it comes back.
+ *   errors and a periodic check) and reported to the guests as bus-off; its in-flight frames fail,
+ *   guests' transmits fail NOT_OK while it is gone, and the socket is reopened when it comes back.
  * Readiness comes from the fd watcher: no spinning, no CPU while idle.
  */
 import { type CanFrame, canFdDlcToLen, canFdLenToDlc } from '../../core/bus/can-frame.js';
@@ -511,6 +511,9 @@ export class SocketCanPort implements BusPortHandler {
     this.failInflight();
     // Refuse guests' frames (the hub then fails their requests) until the interface is back.
     this.port.setReceiving(false);
+    // For the guests the controller left the bus on its own: that is bus-off (status bit 0 and a
+    // config-change notification); they restart it with START once the interface is back.
+    this.broadcast('bus-off');
   }
 
   /** Periodic: notice an interface that went away or down, and reattach when it is back up. */

@@ -17,13 +17,14 @@ import { SplitQueue } from '../../src/core/virtio/split-queue.js';
 import { plainMemory } from './support/plain-memory.js';
 
 const UVA = 0x7f00_0000_0000;
-const SIZE = 16;
-const ringBase = (q: number) => 0x1000 + q * 0x1000; // desc at +0, avail at +0x400, used at +0x800
-const DATA = 0x10000;
+let SIZE = 16;
+// desc at +0, avail at +0x40000, used at +0x80000 (room for queues of up to 1024)
+const ringBase = (q: number) => 0x10000 + q * 0x10000;
+const DATA = 0x100000;
 
 class Harness implements DeviceHost {
   readonly log = nullLogger;
-  readonly memory: GuestMemory = plainMemory({ gpa: 0, size: 0x40000, uva: UVA });
+  readonly memory: GuestMemory = plainMemory({ gpa: 0, size: 0x1000000, uva: UVA });
   readonly queues: SplitQueue[];
   readonly dv: DataView;
   availIdx = [0, 0, 0];
@@ -33,7 +34,8 @@ class Harness implements DeviceHost {
   private nextBuf = DATA;
   private nextDesc = [0, 0, 0];
 
-  constructor() {
+  constructor(size = 16) {
+    SIZE = size;
     const b = this.memory.regions[0]!.bytes;
     this.dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
     this.queues = [0, 1, 2].map(
@@ -42,7 +44,7 @@ class Harness implements DeviceHost {
           i,
           SIZE,
           0,
-          { desc: UVA + ringBase(i), avail: UVA + ringBase(i) + 0x400, used: UVA + ringBase(i) + 0x800 },
+          { desc: UVA + ringBase(i), avail: UVA + ringBase(i) + 0x4000, used: UVA + ringBase(i) + 0x8000 },
           this.memory,
           { eventIdx: false, indirect: false },
           () => {},
@@ -94,14 +96,14 @@ class Harness implements DeviceHost {
     });
     this.nextDesc[q] = this.nextDesc[q]! + segs.length;
     const ai = this.availIdx[q]!;
-    this.dv.setUint16(base + 0x400 + 4 + 2 * (ai % SIZE), head, true);
+    this.dv.setUint16(base + 0x4000 + 4 + 2 * (ai % SIZE), head, true);
     this.availIdx[q] = (ai + 1) & 0xffff;
-    this.dv.setUint16(base + 0x400 + 2, this.availIdx[q]!, true);
+    this.dv.setUint16(base + 0x4000 + 2, this.availIdx[q]!, true);
     return w;
   }
 
   used(q: number): { id: number; len: number }[] {
-    const base = ringBase(q) + 0x800;
+    const base = ringBase(q) + 0x8000;
     const n = this.dv.getUint16(base + 2, true);
     return Array.from({ length: n }, (_, i) => ({
       id: this.dv.getUint32(base + 4 + 8 * (i % SIZE), true),
@@ -337,7 +339,37 @@ test('RX: a buffer shorter than the frame loses that frame (counted) and is retu
 
 test('a corrupt ring marks the device broken instead of throwing', () => {
   const { h, dev } = setup();
-  h.dv.setUint16(ringBase(0) + 0x400 + 2, 200, true); // avail idx far ahead
+  h.dv.setUint16(ringBase(0) + 0x4000 + 2, 200, true); // avail idx far ahead
   dev.queueNotified(0);
   assert.equal(h.broken?.code, 'ERR_VQ_AVAIL_IDX');
+});
+
+test('a full TX ring is processed in bounded turns (fairness), in order, all completed', () => {
+  const turns: (() => void)[] = [];
+  const h = new Harness(1024);
+  const hub = new CanHub({ name: 'f' });
+  const peer = hub.attach({ onFramesAvailable() {} }, { name: 'peer', queueLimit: 100_000 });
+  const dev = new CanDevice({ hub, portName: 'g0', schedule: (fn) => turns.push(fn) });
+  dev.attach(h);
+  dev.setFeatures(ALL);
+  for (let i = 0; i < 3; i++) dev.queueStarted(i);
+  h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  const N = 600; // two descriptors per request: posted in two halves of 300 (600 of 1024 descriptors)
+  for (let i = 0; i < N / 2; i++) h.post(0, tx({ id: i }), 1);
+  dev.queueNotified(0);
+  assert.equal(dev.stats.txOk, 256, 'one turn processes at most 256 chains');
+  assert.equal(turns.length, 1, 'the rest is scheduled, not done inline');
+  while (turns.length > 0) turns.shift()!();
+  for (let i = N / 2; i < N; i++) h.post(0, tx({ id: i }), 1);
+  dev.queueNotified(0);
+  while (turns.length > 0) turns.shift()!();
+  assert.equal(dev.stats.txOk, N);
+  const ids: number[] = [];
+  for (let f = peer.take(); f; f = peer.take()) ids.push(f.id);
+  assert.deepEqual(
+    ids,
+    Array.from({ length: N }, (_, i) => i),
+  );
+  assert.equal(h.used(0).length, N);
 });

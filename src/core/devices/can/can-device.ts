@@ -105,6 +105,8 @@ function zeroRejects(): Record<TxRejectReason, number> {
 }
 
 const PENDING = 0xff;
+/** TX chains processed per turn before yielding to other work (see processTx). */
+const TX_BUDGET = 256;
 
 export class CanDevice implements VirtioDevice, BusPortHandler {
   readonly name = 'can';
@@ -158,6 +160,11 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private readonly runRx = (): void => {
     this.rxScheduled = false;
     this.processRx();
+  };
+  private txScheduled = false;
+  private readonly runTx = (): void => {
+    this.txScheduled = false;
+    this.processTx();
   };
 
   constructor(opts: CanDeviceOptions) {
@@ -344,8 +351,20 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     if (q === null || host === null) return;
     const chain = this.chain;
     const mem = host.memory;
+    let budget = TX_BUDGET;
     do {
       for (;;) {
+        if (budget-- === 0) {
+          // Fairness: a guest that keeps its TX ring full must not starve the other guests'
+          // RX delivery (scheduled on the same loop): publish this batch and continue later.
+          this.flushTx(q);
+          q.publish();
+          if (!this.txScheduled) {
+            this.txScheduled = true;
+            this.schedule(this.runTx);
+          }
+          return;
+        }
         try {
           if (!q.next(chain)) break;
         } catch (err) {

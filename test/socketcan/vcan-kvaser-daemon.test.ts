@@ -321,3 +321,32 @@ test('real controller drivers (QEMU kvaser_pci, SJA1000): the daemon on can0, ca
   assert.equal(f!.extended, true);
   assert.deepEqual([...f!.data], [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
 });
+
+test('a full kernel TX queue is back-pressure: frames wait, are retried and all go out in order', {
+  skip: KVASER ? false : 'needs two kvaser_pci controllers: host-kernel-run.sh --kvaser 2',
+}, async (t) => {
+  for (const c of ['can0', 'can1']) {
+    ip('link', 'set', c, 'down');
+    ip('link', 'set', c, 'type', 'can', 'bitrate', '500000');
+    ip('link', 'set', c, 'txqueuelen', '1');
+    ip('link', 'set', c, 'up');
+  }
+  t.after(() => {
+    for (const c of ['can0', 'can1']) {
+      ip('link', 'set', c, 'down');
+      ip('link', 'set', c, 'txqueuelen', '10');
+    }
+  });
+  const { paths, can } = startTestDaemon(t, { buses: [{ kind: 'host', ifname: 'can0' }] });
+  const { drv } = await startDriver(t, paths[0]!, { queueSize: 256, timeoutMs: 20_000 });
+  await drv.startController();
+  const N = 500;
+  const frames = Array.from({ length: N }, (_, i) => ({ id: i & 0x7ff, data: [i & 0xff, i >> 8] }));
+  const results = await drv.sendMany(frames);
+  const host = can.hostPorts.get('can0')!;
+  const why = JSON.stringify(host.stats);
+  assert.deepEqual(results, new Array(N).fill(0), why);
+  assert.equal(host.stats.txConfirmed, N, why);
+  assert.equal(host.stats.txFailed, 0, why);
+  t.diagnostic(`kernel back-pressure events: ${host.stats.txBackpressure}`);
+});

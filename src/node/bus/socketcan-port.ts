@@ -261,18 +261,22 @@ export class SocketCanPort implements BusPortHandler {
     if (this.retryTimer === null) this.flush();
   }
 
+  /**
+   * Writes queued frames in batches: first those a full kernel queue sent back (`pendingRetry`),
+   * then the hub queue, so the order on the wire is the order on the bus.
+   */
   private flush(): void {
-    const port = this.port;
-    while (port.queued > 0 && this.sock >= 0) {
-      let n = 0;
-      const frames = this.txFrames;
+    const frames = this.txFrames;
+    while (this.sock >= 0) {
       frames.length = 0;
-      for (let f = port.peek(); f !== undefined && n < BATCH; f = port.peek()) {
-        this.writeRecord(n, f);
+      while (frames.length < BATCH) {
+        const f = this.pendingRetry.shift() ?? this.port.take();
+        if (f === undefined) break;
         frames.push(f);
-        port.take();
-        n++;
       }
+      const n = frames.length;
+      if (n === 0) break;
+      for (let i = 0; i < n; i++) this.writeRecord(i, frames[i]!);
       let sent: number;
       try {
         sent = this.native.canSendBatch(this.sock, this.txBuf, n);
@@ -288,20 +292,17 @@ export class SocketCanPort implements BusPortHandler {
       }
       this.stats.txFrames += sent;
       if (sent < n) {
-        // Kernel queue full: the rest go back to the front, in order, and are retried shortly.
+        // Kernel queue full (ENOBUFS/EAGAIN): the unsent frames go first into the retry queue,
+        // ahead of older retries not taken in this batch, and are tried again shortly.
         this.stats.txBackpressure++;
-        this.requeue(frames, sent);
+        const rest: CanFrame[] = frames.slice(sent);
+        for (let f = this.pendingRetry.shift(); f !== undefined; f = this.pendingRetry.shift()) rest.push(f);
+        for (const f of rest) this.pendingRetry.push(f);
         this.scheduleRetry();
         return;
       }
     }
     this.retryDelay = 1;
-  }
-
-  /** Puts frames[from..] back at the head of the port queue (order kept) via a local queue. */
-  private requeue(frames: CanFrame[], from: number): void {
-    // The hub queue has no push-front: keep the unsent ones in `pendingRetry`, tried first.
-    for (let i = from; i < frames.length; i++) this.pendingRetry.push(frames[i]!);
   }
 
   private readonly pendingRetry = new RingQueue<CanFrame>(32);
@@ -310,49 +311,9 @@ export class SocketCanPort implements BusPortHandler {
     if (this.retryTimer !== null) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
-      this.retryPending();
+      this.flush();
     }, this.retryDelay);
     this.retryDelay = Math.min(this.retryDelay * 2, 50);
-  }
-
-  private retryPending(): void {
-    while (this.pendingRetry.size > 0 && this.sock >= 0) {
-      let n = 0;
-      const frames = this.txFrames;
-      frames.length = 0;
-      for (let f = this.pendingRetry.peek(); f !== undefined && n < BATCH; f = this.pendingRetry.peek()) {
-        this.writeRecord(n++, f);
-        frames.push(f);
-        this.pendingRetry.shift();
-      }
-      let sent: number;
-      try {
-        sent = this.native.canSendBatch(this.sock, this.txBuf, n);
-      } catch (err) {
-        for (const f of frames) this.fail(f);
-        this.linkLost(`write failed: ${(err as Error).message}`);
-        return;
-      }
-      const now = Date.now();
-      for (let i = 0; i < sent; i++) {
-        this.inflight.push(frames[i]!);
-        this.inflightAt.push(now);
-      }
-      this.stats.txFrames += sent;
-      if (sent < n) {
-        this.stats.txBackpressure++;
-        // Back to the front of the retry queue, in order.
-        const rest = frames.slice(sent);
-        const tail: CanFrame[] = [];
-        for (let f = this.pendingRetry.shift(); f !== undefined; f = this.pendingRetry.shift()) tail.push(f);
-        for (const f of rest) this.pendingRetry.push(f);
-        for (const f of tail) this.pendingRetry.push(f);
-        this.scheduleRetry();
-        return;
-      }
-    }
-    this.retryDelay = 1;
-    this.flush();
   }
 
   private writeRecord(i: number, f: CanFrame): void {

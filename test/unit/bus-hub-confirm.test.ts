@@ -84,3 +84,12 @@ test('frames from the confirming port itself need no confirmation', () => {
   assert.equal(guest.queued, 1);
   assert.deepEqual(done, []);
 });
+
+test('turning a confirming port off fails the frames it still held', () => {
+  const { guest, host, done } = setup();
+  assert.equal(guest.transmit(f(1), 1), 'pending');
+  assert.equal(host.setReceiving(false), 1);
+  assert.deepEqual(done, [[1, false]]);
+  assert.equal(guest.transmit(f(2), 2), 'pending');
+  assert.deepEqual(done.at(-1), [2, false], 'a port that does not receive cannot transmit the frame');
+});

@@ -320,7 +320,16 @@ class Port implements HubPort {
     if (!this.attached) return 0;
     this.receiving = on;
     if (on) return 0;
-    const n = this.queue.clear();
+    let n = 0;
+    if (this.confirmsTransmit) {
+      // Frames flushed from a confirming port were never transmitted: tell their senders.
+      for (let f = this.queue.shift(); f !== undefined; f = this.queue.shift()) {
+        n++;
+        this.engine.confirm(f, false);
+      }
+    } else {
+      n = this.queue.clear();
+    }
     this.stats.rxDiscardedClosed += n;
     return n;
   }

@@ -121,7 +121,7 @@ export interface SocketCanPortOptions {
   hub: CanHub;
   ifname: string;
   log: Logger;
-  /** Frames waiting for the kernel's TX queue (default 256). */
+  /** Frames waiting for the kernel's TX queue (default 1024). */
   txBacklog?: number;
   /** How often the interface state is checked, ms (default 1000; 0 = never). */
   checkIntervalMs?: number;
@@ -142,6 +142,8 @@ export interface SocketCanStats {
   txFailed: number;
   /** Times the kernel queue was full (ENOBUFS/EAGAIN) and frames waited. */
   txBackpressure: number;
+  /** Echoes of frames already failed (timeout, bus-off): ignored. */
+  staleEchoes: number;
   /** The kernel's count of frames dropped because our socket's receive queue was full. */
   rxKernelDrops: number;
   /** FD frames with a non-canonical length, padded to the next valid length. */
@@ -164,6 +166,7 @@ export class SocketCanPort implements BusPortHandler {
     txConfirmed: 0,
     txFailed: 0,
     txBackpressure: 0,
+    staleEchoes: 0,
     rxKernelDrops: 0,
     rxPadded: 0,
     errorFrames: 0,
@@ -205,7 +208,7 @@ export class SocketCanPort implements BusPortHandler {
     this.fd = info.fd;
     this.port = this.hub.attach(this, {
       name: `host:${this.ifname}`,
-      queueLimit: opts.txBacklog ?? 256,
+      queueLimit: opts.txBacklog ?? 1024,
       confirmsTransmit: true,
       accept: { classic: true, fd: info.fd, rtr: true },
     });
@@ -258,8 +261,18 @@ export class SocketCanPort implements BusPortHandler {
   // ---- guests -> host --------------------------------------------------------------------------
 
   onFramesAvailable(): void {
-    if (this.retryTimer === null) this.flush();
+    // The hub calls this once per frame, from inside a guest's TX loop: write once per turn
+    // instead, so a batch of guest frames goes out in sendmmsg batches, not a syscall per frame.
+    if (this.flushScheduled || this.retryTimer !== null) return;
+    this.flushScheduled = true;
+    setImmediate(this.runFlush);
   }
+
+  private flushScheduled = false;
+  private readonly runFlush = (): void => {
+    this.flushScheduled = false;
+    if (this.retryTimer === null) this.flush();
+  };
 
   /**
    * Writes queued frames in batches: first those a full kernel queue sent back (`pendingRetry`),
@@ -367,7 +380,7 @@ export class SocketCanPort implements BusPortHandler {
     const canId = dv.getUint32(o, true);
     const msgFlags = dv.getUint32(o + 76, true);
     if (msgFlags & LinuxCan.MSG_CONFIRM) {
-      this.confirmEcho();
+      this.confirmEcho(canId, dv.getUint8(o + 4));
       return;
     }
     if (canId & LinuxCan.ERR_FLAG) {
@@ -414,12 +427,24 @@ export class SocketCanPort implements BusPortHandler {
 
   /**
    * Our own frame came back: it was transmitted. The kernel echoes one socket's frames in write
-   * order, so the echo belongs to the oldest frame in flight.
+   * order, so the echo belongs to the oldest frame in flight, unless that frame was already failed
+   * (confirmation timeout, bus-off) and this is its late echo: then identifier and length differ
+   * from the oldest frame in flight, and the echo is ignored rather than confirming the wrong frame.
    */
-  private confirmEcho(): void {
-    const f = this.inflight.shift();
+  private confirmEcho(canId: number, len: number): void {
+    const f = this.inflight.peek();
+    if (f === undefined) {
+      this.stats.staleEchoes++;
+      return;
+    }
+    let id = f.extended ? (f.id | LinuxCan.EFF_FLAG) >>> 0 : f.id;
+    if (f.rtr) id = (id | LinuxCan.RTR_FLAG) >>> 0;
+    if (id !== canId || f.len !== len) {
+      this.stats.staleEchoes++;
+      return;
+    }
+    this.inflight.shift();
     this.inflightAt.shift();
-    if (f === undefined) return; // the echo of a frame already failed (timeout, link loss)
     this.stats.txConfirmed++;
     this.port.confirm(f, true);
   }
@@ -515,6 +540,7 @@ export class SocketCanPort implements BusPortHandler {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.flushScheduled = true; // a pending runFlush finds no socket and does nothing
     if (this.checkTimer !== null) clearInterval(this.checkTimer);
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.closeSocket();

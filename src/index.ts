@@ -3,7 +3,9 @@
  * ports, or drive any vhost-user back-end with the TypeScript front-end.
  */
 export { type CanFrame, formatCandump, makeCanFrame, parseCandump } from './core/bus/can-frame.js';
+export type { FramePoolStats } from './core/bus/frame-pool.js';
 export {
+  type AttachOptions,
   type BusPortHandler,
   type BusState,
   type BusStats,

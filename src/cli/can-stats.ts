@@ -3,7 +3,18 @@ import type { LogFields } from '../core/util/log.js';
 import type { CanDaemon } from '../node/can/can-daemon.js';
 
 export function formatStats(can: CanDaemon): LogFields[] {
-  const out: LogFields[] = [];
+  const mem = process.memoryUsage();
+  const kb = (n: number): number => Math.round(n / 1024);
+  // The process line first: RSS and the JavaScript heap, to tell a leak from a heap still settling.
+  const out: LogFields[] = [
+    {
+      process: process.pid,
+      rssKb: kb(mem.rss),
+      heapUsedKb: kb(mem.heapUsed),
+      heapTotalKb: kb(mem.heapTotal),
+      externalKb: kb(mem.external),
+    },
+  ];
   const status = can.daemon.status();
   status.forEach((s, i) => {
     const d = can.device(i);
@@ -46,6 +57,8 @@ export function formatStats(can: CanDaemon): LogFields[] {
       droppedOverflow: b.droppedOverflow,
       busLoad: b.busLoad.toFixed(4),
       ports: b.ports.length,
+      // Frame copies the bus ever allocated: stops growing once the bus is warm (they are reused).
+      framesAllocated: b.framePool.created,
     });
   }
   return out;

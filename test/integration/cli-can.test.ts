@@ -86,6 +86,11 @@ test('serves PATH0..N-1, refuses a path a live daemon serves, SIGUSR1 logs stats
     assert.ok(lstatSync(`${base}0`).isSocket(), 'the live socket was left alone');
     d.child.kill('SIGUSR1');
     await waitFor(() => /INFO {2}stats bus=default/.test(d.output()));
+    assert.match(
+      d.output(),
+      /INFO {2}stats process=\d+ rssKb=\d+ heapUsedKb=\d+ heapTotalKb=\d+ externalKb=\d+/,
+    );
+    assert.match(d.output(), /stats bus=default .*framesAllocated=0/);
     d.child.kill('SIGTERM');
     assert.equal(await exited(d.child), 0);
     assert.equal(existsSync(`${base}0`), false);

@@ -27,6 +27,8 @@ interface PortSpec {
   eager: boolean;
   /** How many frames this port may transmit from inside its handler in reply to received ones. */
   replies: number;
+  /** Attached with releasesFrames: every frame is released right after it was taken. */
+  releases: boolean;
 }
 
 const arbPortSpec: fc.Arbitrary<PortSpec> = fc.record({
@@ -34,6 +36,7 @@ const arbPortSpec: fc.Arbitrary<PortSpec> = fc.record({
   accept: fc.record({ classic: fc.boolean(), fd: fc.boolean(), rtr: fc.boolean() }),
   eager: fc.boolean(),
   replies: fc.integer({ min: 0, max: 3 }),
+  releases: fc.boolean(),
 });
 
 type Op =
@@ -70,7 +73,10 @@ function accepts(p: PortAcceptPolicy, f: CanFrame): boolean {
 interface Tracked {
   spec: PortSpec;
   port: HubPort;
+  /** Copies of the frames taken, made at take time (a released frame may be reused afterwards). */
   taken: CanFrame[];
+  /** Frames a non-releasing port kept, with their copy: the hub must never rewrite them. */
+  kept: [CanFrame, CanFrame][];
   /** Frames other ports put on the bus while this port was attached. */
   offered: CanFrame[];
   flushed: number;
@@ -111,7 +117,10 @@ describe('CanHub properties', () => {
           for (let k = 0; k < max; k++) {
             const f = tr.port.take();
             if (f === undefined) return;
-            tr.taken.push(f);
+            const copy = { ...f, data: f.data.slice() };
+            tr.taken.push(copy);
+            if (tr.spec.releases) tr.port.release(f);
+            else tr.kept.push([f, copy]);
             if (tr.repliesLeft > 0) {
               tr.repliesLeft--;
               transmit(tr, makeCanFrame({ id: (f.id + 1) & 0x7ff, data: [tr.port.id] }));
@@ -123,6 +132,7 @@ describe('CanHub properties', () => {
           const tr = {
             spec,
             taken: [],
+            kept: [],
             offered: [],
             flushed: 0,
             sentTs: [],
@@ -134,7 +144,12 @@ describe('CanHub properties', () => {
                 if (spec.eager) drain(tr, Number.POSITIVE_INFINITY);
               },
             },
-            { name: `p${i}`, queueLimit: spec.queueLimit, accept: spec.accept },
+            {
+              name: `p${i}`,
+              queueLimit: spec.queueLimit,
+              accept: spec.accept,
+              releasesFrames: spec.releases,
+            },
           );
           tracked.push(tr);
         }
@@ -191,6 +206,9 @@ describe('CanHub properties', () => {
           assert.equal(st.rxFrames, delivered.length + tr.flushed);
           assert.equal(st.rxFiltered, tr.offered.filter((f) => !accepts(tr.spec.accept, f)).length);
           assert.ok(queued <= tr.spec.queueLimit);
+          for (const [f, copy] of tr.kept) {
+            assert.deepEqual({ ...f, data: f.data.slice() }, copy, 'a kept frame was never reused');
+          }
         }
         const s = hub.stats();
         assert.equal(s.frames, totalSent);

@@ -78,10 +78,11 @@ describe('CanHub fan-out', () => {
     assert.deepEqual(order, ['a', 'c']);
     assert.equal(b.got.length, 0);
     assert.equal(a.got.length, 1);
-    // One stamped object, shared by all receivers; data shared with the sender's frame.
+    // One stamped object, shared by all receivers; the data is a copy, not the sender's buffer.
     assert.equal(a.got[0], c.got[0]);
     const got = a.got[0]!;
-    assert.equal(got.data, f1.data);
+    assert.notEqual(got.data, f1.data);
+    assert.deepEqual(got.data, f1.data);
     assert.equal(got.timestampNs, 1000n);
     assert.equal(got.origin, b.port.id);
     assert.equal(f1.timestampNs, 0n, 'the sender frame is not modified');
@@ -545,6 +546,119 @@ describe('CanHub stats and bus load', () => {
     // Saturation is clamped to 1.
     for (let i = 0; i < 10_000; i++) a.port.transmit(f8);
     assert.equal(hub.stats().busLoad, 1);
+  });
+});
+
+describe('CanHub frame reuse (releasesFrames)', () => {
+  /** A port that takes frames on demand and releases them when told. */
+  function lazy(hub: CanHub, name: string, releasesFrames: boolean): HubPort {
+    return hub.attach({ onFramesAvailable() {} }, { name, releasesFrames });
+  }
+  const frame = (id: number, bytes: number[]): CanFrame => makeCanFrame({ id, data: bytes });
+  const plain = (f: CanFrame): object => ({ ...f, data: Array.from(f.data) });
+
+  it('copies the data: the sender may rewrite its buffer after transmit returns', () => {
+    const hub = new CanHub({ name: 'copy' });
+    const tx = lazy(hub, 'tx', false);
+    const rx = lazy(hub, 'rx', true);
+    const buf = new Uint8Array([1, 2, 3]);
+    tx.transmit({ ...frame(0x10, [0, 0, 0]), data: buf });
+    buf.fill(9);
+    assert.deepEqual(Array.from(rx.take()!.data), [1, 2, 3]);
+  });
+
+  it('reuses a frame only after every releasing receiver released it', () => {
+    const hub = new CanHub({ name: 'holds' });
+    const tx = lazy(hub, 'tx', false);
+    const a = lazy(hub, 'a', true);
+    const b = lazy(hub, 'b', true);
+    tx.transmit(frame(0x1, [1]));
+    const fa = a.take()!;
+    a.release(fa);
+    a.release(fa); // a stray second release must not give back b's hold
+    // b still holds it: new frames must not overwrite it.
+    tx.transmit(frame(0x2, [2]));
+    tx.transmit(frame(0x3, [3]));
+    const fb = b.take()!;
+    assert.equal(fb, fa, 'both receivers got the same object');
+    assert.deepEqual([fb.id, fb.data[0]], [0x1, 1]);
+    assert.equal(hub.stats().framePool.created, 3);
+    b.release(fb);
+    // Now it is free: the next frame of that length reuses it.
+    tx.transmit(frame(0x4, [4]));
+    assert.equal(hub.stats().framePool.created, 3);
+    assert.equal(hub.stats().framePool.reused, 1);
+    for (const p of [a, b]) {
+      assert.deepEqual(
+        [p.take(), p.take(), p.take()].map((f) => (f === undefined ? null : [f.id, f.data[0]])),
+        [
+          [0x2, 2],
+          [0x3, 3],
+          [0x4, 4],
+        ],
+      );
+    }
+  });
+
+  it('never reuses a frame a non-releasing receiver may still hold', () => {
+    const hub = new CanHub({ name: 'pin' });
+    const tx = lazy(hub, 'tx', false);
+    const rel = lazy(hub, 'rel', true);
+    const keep = lazy(hub, 'keep', false);
+    const kept: [CanFrame, object][] = [];
+    for (let i = 0; i < 50; i++) {
+      tx.transmit(frame(i, [i, i + 1]));
+      const f = rel.take()!;
+      rel.release(f);
+      rel.release(f); // a stray second release is ignored
+      const k = keep.take()!;
+      kept.push([k, plain(k)]);
+    }
+    for (const [f, snapshot] of kept) assert.deepEqual(plain(f), snapshot);
+    assert.equal(hub.stats().framePool.reused, 0);
+  });
+
+  it('allocates nothing once warm, also with lengths that vary, and recycles flushed frames', () => {
+    const hub = new CanHub({ name: 'warm' });
+    const tx = lazy(hub, 'tx', false);
+    const rx = lazy(hub, 'rx', true);
+    const lens = [0, 8, 3, 8, 1];
+    const round = (n: number): void => {
+      for (let i = 0; i < n; i++) {
+        const len = lens[i % lens.length]!;
+        tx.transmit(makeCanFrame({ id: i & 0x7ff, data: new Uint8Array(len).fill(i & 0xff) }));
+        if (i % 4 === 3) {
+          for (let f = rx.take(); f !== undefined; f = rx.take()) {
+            assert.equal(f.data.length, f.len);
+            rx.release(f);
+          }
+        }
+      }
+    };
+    round(100);
+    const warm = hub.stats().framePool.created;
+    round(1000);
+    assert.equal(hub.stats().framePool.created, warm, 'no new frames once warm');
+    // Frames flushed by setReceiving(false) and detach are given back too.
+    round(3);
+    assert.ok(rx.queued > 0);
+    rx.setReceiving(false);
+    rx.setReceiving(true);
+    round(3);
+    rx.detach();
+    round(1000);
+    const s = hub.stats().framePool;
+    assert.ok(s.free > 0 && s.free <= warm);
+  });
+
+  it('refuses releasesFrames together with confirmsTransmit', () => {
+    const hub = new CanHub({ name: 'excl' });
+    assert.equal(
+      code(() =>
+        hub.attach({ onFramesAvailable() {} }, { name: 'x', releasesFrames: true, confirmsTransmit: true }),
+      ),
+      'ERR_BUS_INVALID_OPTION',
+    );
   });
 });
 

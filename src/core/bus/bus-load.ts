@@ -26,10 +26,15 @@ export class BusLoadMeter {
   readonly #airtime = new Float64Array(BUCKETS); // seconds of bus time per bucket
   #bucket = 0; // absolute index (floor(ns / BUCKET_NS)) of the current bucket
   #started = false;
+  /** The last `add` time: a batch of frames shares one timestamp, so most calls skip the advance. */
+  #lastNs = -1n;
 
   /** Adds `seconds` of bus time at time `nowNs`. Allocation-free. */
   add(nowNs: bigint, seconds: number): void {
-    this.#advance(Number(nowNs));
+    if (nowNs !== this.#lastNs) {
+      this.#lastNs = nowNs;
+      this.#advance(Number(nowNs));
+    }
     this.#airtime[slot(this.#bucket)]! += seconds;
   }
 

@@ -218,9 +218,8 @@ export function makeCanFrame(init: CanFrameInit): CanFrame {
 }
 
 /**
- * A copy of `f` with the hub's timestamp and origin; shares `data` (frames are immutable). One small
- * object per transmitted frame is the only per-frame allocation the hub makes: stamping the caller's
- * object in place would rewrite frames a sender re-transmits while older copies still sit in queues.
+ * A copy of `f` with another timestamp and origin; shares `data` (frames are immutable). (The hub
+ * does not use it: its copies come from a frame pool, see frame-pool.ts.)
  */
 export function stampCanFrame(f: CanFrame, timestampNs: bigint, origin: number): CanFrame {
   return {

@@ -22,19 +22,17 @@
  * returning. So nothing recurses, ordering stays FIFO, and the nested call still returns 'sent'. (Two
  * handlers that answer every frame with a frame livelock, as two such nodes would on a real bus.)
  *
- * Hot path: per transmit, the only allocations are the clock's bigint and the stamped frame copy
- * (`stampCanFrame`); queues are power-of-two rings, port lists are copy-on-write arrays (attach and
- * detach are rare) so fan-out iterates a stable snapshot without copying.
+ * Hot path: nothing is allocated per frame once the bus is warm. The copy that goes on the bus comes
+ * from a frame pool (frame-pool.ts) and returns to it when every receiver attached with
+ * `releasesFrames` has released it (a receiver that keeps frames pins them instead: they are never
+ * reused); the timestamp is whatever bigint the clock returns (the daemon's clock reads the time once
+ * per wake-up, so a batch shares one); queues are power-of-two rings; port lists are copy-on-write
+ * arrays (attach and detach are rare) so fan-out iterates a stable snapshot without copying.
  */
 import { BusLoadMeter } from './bus-load.js';
-import {
-  type CanFrame,
-  canFrameBits,
-  canFrameDataPhaseBits,
-  stampCanFrame,
-  validateCanFrame,
-} from './can-frame.js';
+import { type CanFrame, canFrameBits, canFrameDataPhaseBits, validateCanFrame } from './can-frame.js';
 import { CanHubError } from './errors.js';
+import { FramePool, type FramePoolStats, PooledFrame } from './frame-pool.js';
 import { RingQueue } from './ring-queue.js';
 
 /** Controller state of one port, as a CAN controller would report it (ISO 11898-1 fault confinement). */
@@ -107,13 +105,25 @@ export interface HubPort {
   readonly hub: CanHub;
   /**
    * Puts a frame on the bus. The hub validates it (invalid: 'dropped' + `txRejected`), then fans out a
-   * copy stamped with `timestampNs = clock()` and `origin = this.id` that shares `data` with the argument
-   * (so never mutate `data` after transmitting). `token` is for `onTxComplete` of asynchronous ports;
-   * the virtual hub completes synchronously (the return value is the completion) and ignores it.
+   * copy (data included) stamped with `timestampNs = clock()` and `origin = this.id`, so the caller may
+   * reuse its frame object and buffer as soon as this returns. `token` is for `onTxComplete` of
+   * asynchronous ports; the virtual hub completes synchronously (the return value is the completion)
+   * and ignores it.
    */
   transmit(frame: CanFrame, token?: number): TxResult;
-  /** Next queued frame, FIFO; undefined when empty or detached. */
+  /**
+   * Next queued frame, FIFO; undefined when empty or detached. On a port attached with
+   * `releasesFrames` the frame must be handed back with `release` once it was consumed.
+   */
   take(): CanFrame | undefined;
+  /**
+   * For a `releasesFrames` port: the frame from `take()` is no longer used by its owner, so the hub
+   * may reuse it (never touch it afterwards). Call it exactly once per frame taken. On other ports it
+   * does nothing.
+   */
+  release(frame: CanFrame): void;
+  /** True for ports attached with `releasesFrames`. */
+  readonly releasesFrames: boolean;
   peek(): CanFrame | undefined;
   readonly queued: number;
   readonly queueLimit: number;
@@ -158,6 +168,12 @@ export interface AttachOptions {
    * port detaches are reported as not transmitted.
    */
   readonly confirmsTransmit?: boolean | undefined;
+  /**
+   * The owner consumes each frame at once and calls `release(frame)` after it, so the hub can reuse
+   * the frame object (no allocation per frame on a bus whose receivers all do this). Without it
+   * (the default) frames taken from this port stay valid for as long as the owner keeps them.
+   */
+  readonly releasesFrames?: boolean | undefined;
 }
 
 export interface CanHubOptions {
@@ -198,6 +214,8 @@ export interface BusStats {
   readonly ports: readonly PortStatsSnapshot[];
   /** Sliding 1 s window estimate, 0..1 (see bus-load.ts for the approximation). */
   readonly busLoad: number;
+  /** The recycled frame copies (see frame-pool.ts): `created` stops growing once the bus is warm. */
+  readonly framePool: FramePoolStats;
 }
 
 export const CanHubDefaults = {
@@ -285,6 +303,9 @@ class Port implements HubPort {
   /** Set while a fan-out queued a frame here and has not notified the handler yet. */
   notifyPending = false;
   confirmsTransmit = false;
+  releasesFrames = false;
+  /** Frames taken from a releasing port and not released yet (guards against stray releases). */
+  outstanding = 0;
 
   constructor(engine: BusEngine, id: number, name: string, queueLimit: number, handler: BusPortHandler) {
     this.engine = engine;
@@ -309,7 +330,26 @@ class Port implements HubPort {
   }
 
   take(): CanFrame | undefined {
-    return this.queue.shift();
+    const f = this.queue.shift();
+    if (f !== undefined && this.releasesFrames) this.outstanding++;
+    return f;
+  }
+
+  release(frame: CanFrame): void {
+    if (!this.releasesFrames || this.outstanding === 0) return;
+    this.outstanding--;
+    if (frame instanceof PooledFrame) frame.drop();
+  }
+
+  /** Empties the queue, giving back the holds of a releasing port; returns how many were queued. */
+  flush(): number {
+    if (!this.releasesFrames) return this.queue.clear();
+    let n = 0;
+    for (let f = this.queue.shift(); f !== undefined; f = this.queue.shift()) {
+      n++;
+      if (f instanceof PooledFrame) f.drop();
+    }
+    return n;
   }
 
   peek(): CanFrame | undefined {
@@ -328,7 +368,7 @@ class Port implements HubPort {
         this.engine.confirm(f, false);
       }
     } else {
-      n = this.queue.clear();
+      n = this.flush();
     }
     this.stats.rxDiscardedClosed += n;
     return n;
@@ -365,7 +405,8 @@ class BusEngine {
   nextPortId = 1;
   closed = false;
   delivering = false;
-  readonly pendingFrames = new RingQueue<CanFrame>();
+  readonly pendingFrames = new RingQueue<PooledFrame>();
+  readonly pool = new FramePool();
   readonly pendingSenders = new RingQueue<Port>();
   failed = false;
   firstError: unknown = undefined;
@@ -404,6 +445,10 @@ class BusEngine {
       throw invalid(`port ${name}: receiveOwn can only be false (the hub never echoes to the sender)`);
     }
     const limit = checkQueueLimit(opts.queueLimit ?? this.queueLimit, `port ${name} queueLimit`);
+    if (opts.releasesFrames === true && opts.confirmsTransmit === true) {
+      // A confirming port keeps frames until their echo: it cannot hand them back at once.
+      throw invalid(`port ${name}: releasesFrames and confirmsTransmit exclude each other`);
+    }
     for (const p of this.ports) {
       if (p.name === name) {
         throw new CanHubError('ERR_BUS_PORT_NAME_IN_USE', `hub ${this.hubName} already has a port ${name}`);
@@ -415,6 +460,7 @@ class BusEngine {
       port.confirmsTransmit = true;
       this.confirmingPorts++;
     }
+    if (opts.releasesFrames === true) port.releasesFrames = true;
     this.ports = Object.freeze([...this.ports, port]);
     return port;
   }
@@ -432,7 +478,7 @@ class BusEngine {
         this.confirm(f, false);
       }
     }
-    port.stats.rxDiscardedClosed += port.queue.clear();
+    port.stats.rxDiscardedClosed += port.flush();
     this.ports = Object.freeze(this.ports.filter((p) => p !== port));
   }
 
@@ -461,7 +507,7 @@ class BusEngine {
       return 'dropped';
     }
     const now = this.clock();
-    const stamped = stampCanFrame(frame, now, sender.id);
+    const stamped = this.copy(frame, now, sender.id);
     const payload = frame.rtr ? 0 : frame.len;
     const bits = canFrameBits(frame);
     const dataBits = canFrameDataPhaseBits(frame);
@@ -485,16 +531,19 @@ class BusEngine {
     this.delivering = true;
     try {
       if (this.fanOut(stamped, sender, tok) > 0) result = 'pending';
+      stamped.drop(); // the fan-out's hold: receivers that queued it hold (or pinned) it now
       while (this.pendingFrames.size > 0) {
         const f = this.pendingFrames.shift()!;
         const s = this.pendingSenders.shift()!;
         const t = this.pendingTokens.shift()!;
         // A deferred transmit already answered 'pending': complete it now if nobody must confirm.
         if (this.fanOut(f, s, t) === 0 && t >= 0) this.completeTx(s, t, true);
+        f.drop();
       }
     } finally {
       this.delivering = false;
-      // Only non-empty if fanOut itself threw (a bug): do not deliver stale frames on the next transmit.
+      // Only non-empty if fanOut itself threw (a bug): do not deliver stale frames on the next transmit
+      // (they keep their fan-out hold, so they are never reused: the garbage collector takes them).
       this.pendingFrames.clear();
       this.pendingSenders.clear();
       this.pendingTokens.clear();
@@ -514,12 +563,33 @@ class BusEngine {
     return result;
   }
 
+  /** The bus copy of `f`: a pooled frame with the same fields and bytes, stamped. */
+  copy(f: CanFrame, timestampNs: bigint, origin: number): PooledFrame {
+    const src = f.data;
+    const c = this.pool.acquire(src.length);
+    c.id = f.id;
+    c.extended = f.extended;
+    c.rtr = f.rtr;
+    c.fd = f.fd;
+    c.brs = f.brs;
+    c.esi = f.esi;
+    c.len = f.len;
+    c.len8Dlc = f.len8Dlc;
+    const dst = c.data;
+    // A loop beats TypedArray#set for the usual 0..8 bytes; set() for FD payloads.
+    if (src.length <= 8) for (let i = 0; i < src.length; i++) dst[i] = src[i]!;
+    else dst.set(src);
+    c.timestampNs = timestampNs;
+    c.origin = origin;
+    return c;
+  }
+
   /**
    * Queues `frame` for every other port, then notifies those that got it. Returns how many
    * confirming ports must still confirm it (0 when `token` < 0 or none took it). No allocation
    * unless a confirmation is awaited.
    */
-  fanOut(frame: CanFrame, sender: Port, token: number): number {
+  fanOut(frame: PooledFrame, sender: Port, token: number): number {
     const ports = this.ports; // stable snapshot: attach/detach replace the array
     const n = ports.length;
     const payload = frame.rtr ? 0 : frame.len;
@@ -542,6 +612,8 @@ class BusEngine {
         if (p.confirmsTransmit) refusedByConfirming = true;
       } else {
         p.queue.push(frame);
+        if (p.releasesFrames) frame.hold();
+        else frame.pin();
         st.rxFrames++;
         st.rxBytes += payload;
         p.notifyPending = true;
@@ -656,6 +728,7 @@ export class CanHub {
       droppedOverflow: e.droppedOverflow,
       ports: e.ports.map((p) => ({ id: p.id, name: p.name, stats: { ...p.stats } })),
       busLoad: e.load.load(e.clock()),
+      framePool: e.pool.stats(),
     };
   }
 

@@ -30,6 +30,7 @@ export {
   CanHubError,
   type CanHubErrorCode,
 } from './errors.js';
+export type { FramePoolStats } from './frame-pool.js';
 export {
   type AttachOptions,
   BUS_STATES,

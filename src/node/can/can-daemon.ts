@@ -7,6 +7,7 @@ import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-d
 import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
 import { SocketCanPort } from '../bus/socketcan-port.js';
+import { batchClock } from '../clock.js';
 import { native as defaultNative, type NativeAddon } from '../native/addon.js';
 import { VhostUserDaemon } from '../vhost-user/daemon.js';
 
@@ -56,7 +57,7 @@ export interface CanDaemon {
   stop(): void;
 }
 
-const clock = (): bigint => process.hrtime.bigint();
+const clock = batchClock();
 
 export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   const log = opts.log ?? nullLogger;

@@ -139,11 +139,27 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private neg: CanNegotiated = { classic: false, fd: false, rtr: false, lateTxAck: false };
   private destroyed = false;
 
-  // Reused per request: no allocation on the hot paths except the frame handed to the bus.
+  // Reused per request: nothing is allocated per frame on the TX and RX paths (the hub copies the
+  // frame it puts on the bus, so the TX frame below is rewritten for every request).
   private readonly chain = new DescriptorChain(8);
   private readonly hdrBytes = new Uint8Array(CAN_HEADER_SIZE + CAN_MAX_FD_LEN);
   private readonly hdrView = new DataView(this.hdrBytes.buffer);
   private readonly txHdr: TxHeader = { flags: 0, id: 0, len: 0, len8Dlc: 0 };
+  /** Views of hdrBytes' payload by length, made on first use (at most 65). */
+  private readonly payloadViews: Uint8Array[] = [];
+  private readonly txFrame: MutableCanFrame = {
+    id: 0,
+    extended: false,
+    rtr: false,
+    fd: false,
+    brs: false,
+    esi: false,
+    len: 0,
+    len8Dlc: 0,
+    data: EMPTY,
+    timestampNs: 0n,
+    origin: 0,
+  };
 
   // TX completion FIFO, in submission order. Entry i: head, result address, result (PENDING until
   // known). Tokens are consecutive, so token t lives at position t - fifoToken from the FIFO start.
@@ -188,6 +204,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
       name: opts.portName,
       queueLimit: opts.rxBacklog,
       accept: { classic: false, fd: false, rtr: false },
+      // processRx copies each frame into guest memory at once and releases it (see there).
+      releasesFrames: true,
     });
     // The controller starts STOPPED (5.22.6.3): nothing is received until the guest's START.
     this.port.setReceiving(false);
@@ -409,20 +427,15 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private transmit(head: number, resultAddr: number): void {
     const h = this.txHdr;
     const rtr = (h.flags & CanFlag.RTR) !== 0;
-    const frame: CanFrame = {
-      id: h.id,
-      extended: (h.flags & CanFlag.EXTENDED) !== 0,
-      rtr,
-      fd: (h.flags & CanFlag.FD) !== 0,
-      // virtio 1.4 has no BRS/ESI bits: the Linux driver does not convey them.
-      brs: false,
-      esi: false,
-      len: h.len,
-      len8Dlc: h.len8Dlc,
-      data: rtr ? EMPTY : this.hdrBytes.slice(CAN_HEADER_SIZE, CAN_HEADER_SIZE + h.len),
-      timestampNs: 0n,
-      origin: 0,
-    };
+    const frame = this.txFrame;
+    frame.id = h.id;
+    frame.extended = (h.flags & CanFlag.EXTENDED) !== 0;
+    frame.rtr = rtr;
+    frame.fd = (h.flags & CanFlag.FD) !== 0;
+    // virtio 1.4 has no BRS/ESI bits: the Linux driver does not convey them (brs, esi stay false).
+    frame.len = h.len;
+    frame.len8Dlc = h.len8Dlc;
+    frame.data = rtr ? EMPTY : this.payload(h.len);
     const token = this.nextToken;
     this.enqueueTx(head, resultAddr, PENDING);
     const r = this.port.transmit(frame, token);
@@ -444,6 +457,16 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
       this.stats.txBytes += h.len;
       this.fifoResult[slot] = CanResult.OK;
     }
+  }
+
+  /** hdrBytes' payload bytes 0..len-1 (where parseTx read them), as a cached view. */
+  private payload(len: number): Uint8Array {
+    let v = this.payloadViews[len];
+    if (v === undefined) {
+      v = this.hdrBytes.subarray(CAN_HEADER_SIZE, CAN_HEADER_SIZE + len);
+      this.payloadViews[len] = v;
+    }
+    return v;
   }
 
   private enqueueTx(head: number, resultAddr: number, result: number): void {
@@ -555,6 +578,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         wrote = true;
         if (chain.writableLength < total) {
           // The driver posts 16 + 8 or 16 + 64 byte buffers; a shorter one loses this frame.
+          port.release(f);
           this.stats.rxShortBuffer++;
           q.pushUsed(chain.head, 0);
           continue;
@@ -562,6 +586,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         encodeRxHeader(f, this.hdrView);
         if (f.rtr) this.hdrBytes.fill(0, CAN_HEADER_SIZE, total);
         else this.hdrBytes.set(f.data, CAN_HEADER_SIZE);
+        // Everything needed is in hdrBytes now: the hub may reuse the frame.
+        port.release(f);
         const n = chain.write(mem, 0, this.hdrBytes, 0, total);
         q.pushUsed(chain.head, n === total ? total : 0);
         this.stats.rxDelivered++;
@@ -638,3 +664,6 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
 }
 
 const EMPTY = new Uint8Array(0);
+
+/** The TX scratch frame: a CanFrame the device rewrites for every request. */
+type MutableCanFrame = { -readonly [K in keyof CanFrame]: CanFrame[K] };

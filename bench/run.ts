@@ -328,6 +328,9 @@ interface MemoryRow {
   memory: ProcMemory;
   busFrames: number;
   deliveredFrames: number;
+  /** The daemon's own figures (SIGUSR1 stats): V8 heap in use, bus frame copies ever allocated. */
+  heapUsedKb: number | null;
+  framesAllocated: number;
 }
 
 interface Results {
@@ -821,16 +824,33 @@ async function phaseScale(ctx: Ctx, res: Results): Promise<void> {
     const mem = n === 16;
     const keys = Array.from({ length: n }, (_, i) => `g${i}`);
     const owner = (i: number): WorkerClient => (i % 2 === 0 ? ctx.a : ctx.b);
-    const busAndDelivered = async (): Promise<{ bus: number; delivered: number }> => {
+    const busAndDelivered = async (): Promise<{
+      bus: number;
+      delivered: number;
+      heapUsedKb: number | null;
+      framesAllocated: number;
+    }> => {
       const st = await d.stats();
-      return { bus: st.bus.frames, delivered: st.sockets.reduce((s, x) => s + x.rxDelivered, 0) };
+      return {
+        bus: st.bus.frames,
+        delivered: st.sockets.reduce((s, x) => s + x.rxDelivered, 0),
+        heapUsedKb: st.process?.heapUsedKb ?? null,
+        framesAllocated: st.bus.framesAllocated,
+      };
     };
     let delivered = 0; // per-device counters reset on disconnect: keep the running total
     const memRow = async (state: string): Promise<void> => {
       await sleep(300);
       const c = await busAndDelivered();
       delivered = Math.max(delivered, c.delivered);
-      res.memory.push({ state, memory: d.memory(), busFrames: c.bus, deliveredFrames: delivered });
+      res.memory.push({
+        state,
+        memory: d.memory(),
+        busFrames: c.bus,
+        deliveredFrames: delivered,
+        heapUsedKb: c.heapUsedKb,
+        framesAllocated: c.framesAllocated,
+      });
     };
     try {
       if (mem) await memRow('started, no guest');
@@ -899,16 +919,22 @@ async function phaseScale(ctx: Ctx, res: Results): Promise<void> {
         saturated: saturation(cpu, ctx.cores, { daemon: 'daemon', loadA: 'load A', loadB: 'load B' }),
       });
       if (mem) {
-        log(`memory: flooding until ${ctx.cfg.memFrames} frames were delivered`);
+        // Several points under traffic, so a plateau (the heap settled) can be told from a leak.
         const deadline = Date.now() + 120_000;
-        for (;;) {
-          const c = await busAndDelivered();
-          if (c.delivered >= ctx.cfg.memFrames) break;
-          if (Date.now() > deadline) {
-            res.notes.push(`memory: only ${c.delivered} frames delivered within 120 s`);
-            break;
+        const base = (await busAndDelivered()).delivered; // the scale window above delivered these
+        checkpoints: for (const k of MEMORY_CHECKPOINTS) {
+          const target = base + k * ctx.cfg.memFrames;
+          log(`memory: flooding until ${int(k * ctx.cfg.memFrames)} more frames were delivered`);
+          for (;;) {
+            const c = await busAndDelivered();
+            if (c.delivered >= target) break;
+            if (Date.now() > deadline) {
+              res.notes.push(`memory: only ${c.delivered} frames delivered within 120 s`);
+              break checkpoints;
+            }
+            await sleep(100);
           }
-          await sleep(250);
+          await memRow(`traffic on, +${int(k * ctx.cfg.memFrames)} delivered`);
         }
       }
       await both('flood-stop');
@@ -923,6 +949,21 @@ async function phaseScale(ctx: Ctx, res: Results): Promise<void> {
       await ctx.stopDaemon(d);
     }
   }
+}
+
+/** Memory rows under traffic, at these multiples of `memFrames` delivered frames. */
+const MEMORY_CHECKPOINTS = [1, 2, 4, 8, 16, 32] as const;
+
+/** RSS change between the second checkpoint (warm) and the last one, per million delivered frames. */
+function memoryGrowthNote(rows: readonly MemoryRow[]): string {
+  const under = rows.filter((r) => r.state.startsWith('traffic on'));
+  if (under.length < 3) return '  not enough checkpoints';
+  const warm = under[1]!;
+  const last = under.at(-1)!;
+  const frames = last.deliveredFrames - warm.deliveredFrames;
+  const kb = last.memory.vmRss - warm.memory.vmRss;
+  const per = frames > 0 ? (kb * 1e6) / frames : Number.NaN;
+  return `  VmRSS ${kb >= 0 ? '+' : ''}${int(kb)} kB from ${int(warm.deliveredFrames)} to ${int(last.deliveredFrames)} delivered (${fixed(per, 1)} kB per 10^6 frames); VmHWM ${int(warm.memory.vmHwm)} -> ${int(last.memory.vmHwm)} kB.`;
 }
 
 async function phaseProf(ctx: Ctx, res: Results): Promise<void> {
@@ -1211,7 +1252,19 @@ function report(res: Results): string {
     out.push(
       table(
         '6. daemon memory (kB, /proc/<pid>/status)',
-        ['state', 'VmRSS', 'delta', 'RssAnon', 'RssFile', 'RssShmem', 'VmHWM', 'bus frames', 'delivered'],
+        [
+          'state',
+          'VmRSS',
+          'delta',
+          'RssAnon',
+          'RssFile',
+          'RssShmem',
+          'VmHWM',
+          'heapUsed',
+          'bus frames',
+          'delivered',
+          'frames alloc',
+        ],
         res.memory.map((m) => {
           const row: Cell[] = [
             m.state,
@@ -1221,8 +1274,10 @@ function report(res: Results): string {
             int(m.memory.rssFile),
             int(m.memory.rssShmem),
             int(m.memory.vmHwm),
+            m.heapUsedKb === null ? '-' : int(m.heapUsedKb),
             int(m.busFrames),
             int(m.deliveredFrames),
+            int(m.framesAllocated),
           ];
           prev = m.memory.vmRss;
           return row;
@@ -1233,6 +1288,9 @@ function report(res: Results): string {
             ? [
                 `2 guests (phase 1, ${big.frame} / ${big.batch} per kick): VmRSS ${int(big.rssBeforeKb)} kB before -> ${int(big.rssAfterKb)} kB after ${int(big.busFramesTotal)} frames.`,
                 'RssShmem = guest RAM pages the daemon touched (rings and buffers of the memfd mappings).',
+                'heapUsed = V8 heap in use (process.memoryUsage, at the SIGUSR1 dump); frames alloc = bus frame',
+                'copies ever allocated (the rest were recycled). Growth under traffic:',
+                memoryGrowthNote(res.memory),
               ]
             : [];
         })(),

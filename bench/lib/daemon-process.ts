@@ -26,6 +26,16 @@ export interface BusStatsLine {
   bus: string;
   frames: number;
   droppedOverflow: number;
+  /** Frame copies the bus allocated so far (the rest were reused). */
+  framesAllocated: number;
+}
+
+/** The daemon's own view of its memory (process.memoryUsage, kB). */
+export interface ProcessStatsLine {
+  rssKb: number;
+  heapUsedKb: number;
+  heapTotalKb: number;
+  externalKb: number;
 }
 
 export interface DaemonStats {
@@ -33,6 +43,7 @@ export interface DaemonStats {
   atNs: bigint;
   sockets: SocketStats[];
   bus: BusStatsLine;
+  process: ProcessStatsLine | null;
 }
 
 export interface DaemonStartOptions {
@@ -49,6 +60,7 @@ const SETPRIV = '/usr/bin/setpriv';
 
 interface StatsWaiter {
   sockets: SocketStats[];
+  process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
   resolve(s: DaemonStats): void;
   reject(e: Error): void;
@@ -149,7 +161,14 @@ export class DaemonProcess {
       return;
     }
     if (o.msg !== 'stats' || this.waiter === null) return;
-    if (typeof o.socket === 'number') {
+    if (typeof o.process === 'number') {
+      this.waiter.process = {
+        rssKb: Number(o.rssKb),
+        heapUsedKb: Number(o.heapUsedKb),
+        heapTotalKb: Number(o.heapTotalKb),
+        externalKb: Number(o.externalKb),
+      };
+    } else if (typeof o.socket === 'number') {
       this.waiter.sockets.push({
         socket: o.socket,
         connected: o.connected === true,
@@ -162,13 +181,15 @@ export class DaemonProcess {
       // The bus line follows at once, but there is none before the first guest created the bus.
       if (this.waiter.sockets.length === this.sockets) {
         const w = this.waiter;
-        w.timer = setTimeout(() => this.finishStats(w, { bus: 'none', frames: 0, droppedOverflow: 0 }), 200);
+        const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0 };
+        w.timer = setTimeout(() => this.finishStats(w, none), 200);
       }
     } else if (typeof o.bus === 'string') {
       this.finishStats(this.waiter, {
         bus: o.bus,
         frames: Number(o.frames),
         droppedOverflow: Number(o.droppedOverflow),
+        framesAllocated: Number(o.framesAllocated ?? 0),
       });
     }
   }
@@ -177,7 +198,7 @@ export class DaemonProcess {
     if (this.waiter !== w) return;
     this.waiter = null;
     if (w.timer !== null) clearTimeout(w.timer);
-    w.resolve({ atNs: process.hrtime.bigint(), sockets: w.sockets, bus });
+    w.resolve({ atNs: process.hrtime.bigint(), sockets: w.sockets, bus, process: w.process });
   }
 
   /** The daemon's counters, through SIGUSR1 (one dump at a time). */
@@ -185,7 +206,7 @@ export class DaemonProcess {
     if (this.exited) return Promise.reject(new Error(`daemon ${this.label} is not running`));
     if (this.waiter !== null) return Promise.reject(new Error('stats() already in progress'));
     const p = new Promise<DaemonStats>((resolve, reject) => {
-      this.waiter = { sockets: [], timer: null, resolve, reject };
+      this.waiter = { sockets: [], process: null, timer: null, resolve, reject };
     });
     this.child.kill('SIGUSR1');
     return withTimeout(p, timeoutMs, `daemon ${this.label} SIGUSR1 stats`).catch((err: unknown) => {

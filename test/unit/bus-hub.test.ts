@@ -651,6 +651,20 @@ describe('CanHub frame reuse (releasesFrames)', () => {
     assert.ok(s.free > 0 && s.free <= warm);
   });
 
+  it('keeps as many free frames as the releasing queues can hold, so a full backlog is recycled too', () => {
+    const hub = new CanHub({ name: 'deep' });
+    const tx = lazy(hub, 'tx', false);
+    const rx = hub.attach({ onFramesAvailable() {} }, { name: 'rx', releasesFrames: true, queueLimit: 6000 });
+    const f = frame(0x7, [7]);
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 6000; i++) tx.transmit(f);
+      assert.equal(rx.queued, 6000);
+      for (let g = rx.take(); g !== undefined; g = rx.take()) rx.release(g);
+    }
+    assert.equal(hub.stats().framePool.created, 6000, 'the second and third rounds reuse all 6000');
+    assert.equal(hub.stats().framePool.free, 6000);
+  });
+
   it('refuses releasesFrames together with confirmsTransmit', () => {
     const hub = new CanHub({ name: 'excl' });
     assert.equal(

@@ -17,7 +17,7 @@
  */
 import type { CanFrame } from './can-frame.js';
 
-/** Free frames kept over all lengths; more are left to the garbage collector. */
+/** Free frames kept over all lengths unless the hub asks for more; more go to the garbage collector. */
 const DEFAULT_MAX_FREE = 4096;
 const EMPTY_DATA = new Uint8Array(0);
 
@@ -84,7 +84,7 @@ export interface FramePoolStats {
 
 export class FramePool {
   readonly #free: PooledFrame[][] = [];
-  readonly #maxFree: number;
+  #maxFree: number;
   #freeCount = 0;
   #created = 0;
   #reused = 0;
@@ -92,6 +92,15 @@ export class FramePool {
   constructor(maxFree = DEFAULT_MAX_FREE) {
     this.#maxFree = maxFree;
     for (let len = 0; len <= 64; len++) this.#free.push([]);
+  }
+
+  /**
+   * How many free frames to keep. The hub sets it to what its receive queues can hold, so a bus
+   * running at its backlog limits recycles every frame instead of dropping the surplus and creating
+   * new ones later; the pool never holds more than the peak number of frames in flight.
+   */
+  setMaxFree(n: number): void {
+    this.#maxFree = Math.max(n, DEFAULT_MAX_FREE);
   }
 
   /**

@@ -462,6 +462,7 @@ class BusEngine {
     }
     if (opts.releasesFrames === true) port.releasesFrames = true;
     this.ports = Object.freeze([...this.ports, port]);
+    this.sizePool();
     return port;
   }
 
@@ -480,6 +481,14 @@ class BusEngine {
     }
     port.stats.rxDiscardedClosed += port.flush();
     this.ports = Object.freeze(this.ports.filter((p) => p !== port));
+    this.sizePool();
+  }
+
+  /** Keep as many free frames as the releasing ports' queues can hold (see FramePool.setMaxFree). */
+  sizePool(): void {
+    let n = 0;
+    for (const p of this.ports) if (p.releasesFrames) n += p.queueLimit;
+    this.pool.setMaxFree(n);
   }
 
   /** Counts one confirmation for `frame`; completes the sender's request when all are in. */

@@ -160,10 +160,7 @@ static napi_value js_can_if_info(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (ioctl_retry(s, SIOCGIFINDEX, &ifr) < 0) {
-    int err = errno;
-    close(s);
-    vn_throw_errno(env, err, "if_nametoindex");
-    return NULL;
+    return vn_throw_errno_close(env, s, "if_nametoindex");
   }
   int index = ifr.ifr_ifindex;
   int mtu = 0;
@@ -179,10 +176,7 @@ static napi_value js_can_if_info(napi_env env, napi_callback_info info) {
     r = ioctl_retry(s, SIOCGIFHWADDR, &ifr);
   }
   if (r < 0) {
-    int err = errno;
-    close(s);
-    vn_throw_errno(env, err, "ioctl");
-    return NULL;
+    return vn_throw_errno_close(env, s, "ioctl");
   }
   hw_family = ifr.ifr_hwaddr.sa_family;
   close(s);
@@ -335,10 +329,7 @@ static napi_value js_can_open(napi_env env, napi_callback_info info) {
   /* SIOCGIFINDEX on the CAN socket itself: CAN_RAW has no ioctls of its own,
    * so the kernel answers with the generic netdev ioctl. */
   if (ioctl_retry(fd, SIOCGIFINDEX, &ifr) < 0) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "if_nametoindex");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "if_nametoindex");
   }
   int ifindex = ifr.ifr_ifindex;
 
@@ -354,20 +345,14 @@ static napi_value js_can_open(napi_env env, napi_callback_info info) {
             (!o.has_rcvbuf || set_int_opt(fd, SOL_SOCKET, SO_RCVBUF, o.rcvbuf) == 0) &&
             (!o.has_sndbuf || set_int_opt(fd, SOL_SOCKET, SO_SNDBUF, o.sndbuf) == 0);
   if (!ok) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "setsockopt");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "setsockopt");
   }
   struct sockaddr_can addr;
   memset(&addr, 0, sizeof addr);
   addr.can_family = AF_CAN;
   addr.can_ifindex = ifindex;
   if (bind(fd, (const struct sockaddr *)&addr, sizeof addr) < 0) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "bind");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "bind");
   }
   napi_value out = NULL;
   if (napi_create_int32(env, fd, &out) != napi_ok) {

@@ -1,10 +1,12 @@
 /* Exceptions and argument parsing shared by all files in native/. */
 #include "vhost_native.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 napi_value vn_undefined(napi_env env) {
@@ -28,6 +30,13 @@ static napi_value make_string(napi_env env, const char *s) {
   napi_value v = NULL;
   if (napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v) != napi_ok) return NULL;
   return v;
+}
+
+napi_value vn_throw_errno_close(napi_env env, int fd, const char *syscall) {
+  int err = errno;
+  close(fd);
+  vn_throw_errno(env, err, syscall);
+  return NULL;
 }
 
 void vn_throw_errno(napi_env env, int err, const char *syscall) {

@@ -103,16 +103,10 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (bind(fd, (const struct sockaddr *)&addr, sizeof addr) < 0) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "bind");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "bind");
   }
   if (listen(fd, (int)backlog) < 0) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "listen");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "listen");
   }
   return make_int(env, fd);
 }
@@ -366,10 +360,7 @@ static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
     r = ftruncate(fd, (off_t)size);
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
-    int err = errno;
-    close(fd);
-    vn_throw_errno(env, err, "ftruncate");
-    return NULL;
+    return vn_throw_errno_close(env, fd, "ftruncate");
   }
   return make_int(env, fd);
 }

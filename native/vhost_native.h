@@ -33,6 +33,9 @@
 
 /* Throws Error(`${syscall}: ${strerror(err)}`) with code/errno/syscall set. */
 void vn_throw_errno(napi_env env, int err, const char *syscall);
+/* After a failed syscall on a freshly made fd: closes `fd` (keeping errno for
+ * the message), throws as vn_throw_errno and returns NULL for the caller to return. */
+napi_value vn_throw_errno_close(napi_env env, int fd, const char *syscall);
 /* Throws a TypeError / RangeError / Error with the given `code` property. */
 void vn_throw_type(napi_env env, const char *code, const char *msg);
 void vn_throw_range(napi_env env, const char *code, const char *msg);

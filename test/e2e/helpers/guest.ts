@@ -14,18 +14,11 @@
 // even when this process is killed by a signal), is SIGKILLed from an 'exit' hook, and on
 // timeout or abort gets SIGTERM and then SIGKILL.
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import {
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freshWorkDir, gracefulStop, track } from './child.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const BUILD_HINT = 'build it with: sudo scripts/guest/build-kit.sh';
@@ -233,31 +226,9 @@ export function buildQemuArgs(opts: GuestRunOptions, shareDir: string): string[]
   return args;
 }
 
-// Every QEMU still running is SIGKILLed when this process exits (normal exit or uncaught error;
-// signal deaths are covered by setpriv's pdeathsig).
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.on('exit', () => {
-      for (const c of live) c.kill('SIGKILL');
-    });
-  }
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-}
-
 const SETPRIV = '/usr/bin/setpriv';
 const KILL_GRACE_MS = 3000;
 const POLL_MS = 50;
-
-function freshWorkDir(): string {
-  const base = join(REPO_ROOT, '.test-artifacts');
-  mkdirSync(base, { recursive: true });
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  return mkdtempSync(join(base, `guest-${stamp}-`));
-}
 
 function fileInShare(shareDir: string, name: string): string {
   const p = resolve(shareDir, name);
@@ -282,7 +253,7 @@ export function startGuest(opts: GuestRunOptions): RunningGuest {
       throw new Error(`canDevices[${i}]: ${dev.socketPath} does not exist (start the back-end first)`);
     }
   }
-  const workDir = resolve(opts.workDir ?? freshWorkDir());
+  const workDir = resolve(opts.workDir ?? freshWorkDir(REPO_ROOT, 'guest'));
   const shareDir = join(workDir, 'share');
   rmSync(shareDir, { recursive: true, force: true });
   mkdirSync(shareDir, { recursive: true });
@@ -308,16 +279,8 @@ export function startGuest(opts: GuestRunOptions): RunningGuest {
   child.stderr?.on('data', onData);
 
   let timedOut = false;
-  let exited = false;
-  let killTimer: NodeJS.Timeout | undefined;
-  const kill = (): void => {
-    if (exited || killTimer !== undefined) return;
-    child.kill('SIGTERM');
-    killTimer = setTimeout(() => {
-      if (!exited) child.kill('SIGKILL');
-    }, KILL_GRACE_MS);
-    killTimer.unref();
-  };
+  const life = gracefulStop(child, KILL_GRACE_MS);
+  const kill = life.stop;
 
   const timeoutMs = opts.timeoutMs ?? 120_000;
   const timer = setTimeout(() => {
@@ -337,9 +300,8 @@ export function startGuest(opts: GuestRunOptions): RunningGuest {
     const settle = (finish: () => void): void => {
       if (settled) return;
       settled = true;
-      exited = true;
+      life.exited();
       clearTimeout(timer);
-      if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       consoleFile.end(finish);
     };
@@ -373,7 +335,7 @@ export function startGuest(opts: GuestRunOptions): RunningGuest {
       const poll = (): void => {
         if (existsSync(path)) {
           resolveWait(readFileSync(path, 'utf8'));
-        } else if (exited) {
+        } else if (life.hasExited) {
           rejectWait(new Error(`guest exited before creating /mnt/${name} (see ${consolePath})`));
         } else if (Date.now() >= deadline) {
           rejectWait(new Error(`guest did not create /mnt/${name} within ${waitMs} ms (see ${consolePath})`));

@@ -14,9 +14,10 @@
 // started under `setpriv --pdeathsig KILL`, and the script runs QEMU the same way, so QEMU never
 // outlives this process; on timeout or abort the script gets SIGTERM (it stops QEMU), then SIGKILL.
 
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { freshWorkDir, gracefulStop, track } from './child.js';
 import { findGuestKit, REPO_ROOT } from './guest.js';
 
 export const HOST_KERNEL_RUNNER = join(REPO_ROOT, 'scripts/guest/host-kernel-run.sh');
@@ -87,27 +88,8 @@ export interface HostKernelResult {
   durationMs: number;
 }
 
-// Every runner still alive is SIGKILLed when this process exits (its QEMU follows through
-// pdeathsig); signal deaths of this process are covered by setpriv's pdeathsig directly.
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.on('exit', () => {
-      for (const c of live) c.kill('SIGKILL');
-    });
-  }
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-}
-
-function freshWorkDir(): string {
-  const base = join(REPO_ROOT, '.test-artifacts');
-  mkdirSync(base, { recursive: true });
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  return mkdtempSync(join(base, `host-kernel-${stamp}-`));
-}
+// The runner is tracked (child.ts): SIGKILLed if this process exits first; its QEMU follows
+// through pdeathsig.
 
 function readText(path: string): string {
   return existsSync(path) ? readFileSync(path, 'utf8') : '';
@@ -144,7 +126,7 @@ export function hostKernelRunnerArgs(cmd: string[], opts: HostKernelOptions, wor
  * the guest is gone. Never rejects for a failing command: check exitStatus (and timedOut).
  */
 export function runInHostKernel(cmd: string[], opts: HostKernelOptions = {}): Promise<HostKernelResult> {
-  const workDir = resolve(opts.workDir ?? freshWorkDir());
+  const workDir = resolve(opts.workDir ?? freshWorkDir(REPO_ROOT, 'host-kernel'));
   const args = hostKernelRunnerArgs(cmd, opts, workDir);
   const argv = ['bash', ...args];
   if (existsSync(SETPRIV)) argv.unshift(SETPRIV, '--pdeathsig', 'KILL', '--');
@@ -161,17 +143,9 @@ export function runInHostKernel(cmd: string[], opts: HostKernelOptions = {}): Pr
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
 
-  let exited = false;
   let backstopFired = false;
-  let killTimer: NodeJS.Timeout | undefined;
-  const stop = (): void => {
-    if (exited || killTimer !== undefined) return;
-    child.kill('SIGTERM');
-    killTimer = setTimeout(() => {
-      if (!exited) child.kill('SIGKILL');
-    }, KILL_GRACE_MS);
-    killTimer.unref();
-  };
+  const life = gracefulStop(child, KILL_GRACE_MS);
+  const stop = life.stop;
   const backstop = setTimeout(
     () => {
       backstopFired = true;
@@ -191,9 +165,8 @@ export function runInHostKernel(cmd: string[], opts: HostKernelOptions = {}): Pr
     let settled = false;
     const finish = (): void => {
       settled = true;
-      exited = true;
+      life.exited();
       clearTimeout(backstop);
-      if (killTimer !== undefined) clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
     };
     child.once('error', (err) => {

@@ -144,8 +144,19 @@ export class GuestMemory {
 
   /** Copy guest bytes [gpa, gpa+len) into dst; may span adjacent regions. False if any byte is unmapped. */
   readInto(gpa: number, dst: Uint8Array, dstOff: number, len: number): boolean {
+    return this.copy(gpa, dst, dstOff, len, false);
+  }
+
+  /** Copy src[srcOff, srcOff+len) to guest [gpa, gpa+len); may span adjacent regions. */
+  writeFrom(gpa: number, src: Uint8Array, srcOff: number, len: number): boolean {
+    // Check the whole range first so a failing write leaves guest memory untouched.
+    return this.isMapped(gpa, len) && this.copy(gpa, src, srcOff, len, true);
+  }
+
+  /** Copies between guest [gpa, gpa+len) and buf[off..] region by region; false at an unmapped byte. */
+  private copy(gpa: number, buf: Uint8Array, bufOff: number, len: number, toGuest: boolean): boolean {
     let addr = gpa;
-    let off = dstOff;
+    let off = bufOff;
     let left = len;
     while (left > 0) {
       const i = this.findGpa(addr, 1);
@@ -155,30 +166,14 @@ export class GuestMemory {
       const n = Math.min(left, r.end - addr);
       const b = r.bytes;
       // Short copies (a CAN header and payload) in a loop: subarray() + set() costs a view object.
-      if (n <= SHORT_COPY) for (let k = 0; k < n; k++) dst[off + k] = b[start + k]!;
-      else dst.set(b.subarray(start, start + n), off);
-      addr += n;
-      off += n;
-      left -= n;
-    }
-    return true;
-  }
-
-  /** Copy src[srcOff, srcOff+len) to guest [gpa, gpa+len); may span adjacent regions. */
-  writeFrom(gpa: number, src: Uint8Array, srcOff: number, len: number): boolean {
-    // Check the whole range first so a failing write leaves guest memory untouched.
-    if (!this.isMapped(gpa, len)) return false;
-    let addr = gpa;
-    let off = srcOff;
-    let left = len;
-    while (left > 0) {
-      const i = this.findGpa(addr, 1);
-      const r = this.regions[i]!;
-      const start = addr - r.gpa;
-      const n = Math.min(left, r.end - addr);
-      const b = r.bytes;
-      if (n <= SHORT_COPY) for (let k = 0; k < n; k++) b[start + k] = src[off + k]!;
-      else b.set(src.subarray(off, off + n), start);
+      if (n <= SHORT_COPY) {
+        if (toGuest) for (let k = 0; k < n; k++) b[start + k] = buf[off + k]!;
+        else for (let k = 0; k < n; k++) buf[off + k] = b[start + k]!;
+      } else if (toGuest) {
+        b.set(buf.subarray(off, off + n), start);
+      } else {
+        buf.set(b.subarray(start, start + n), off);
+      }
       addr += n;
       off += n;
       left -= n;

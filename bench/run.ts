@@ -456,12 +456,16 @@ async function spawnWithSockets(ctx: Ctx, specs: { name: string; fds: number[] }
   return { procs, stop: async () => void (await Promise.allSettled(procs.map((p) => p.stop()))) };
 }
 
-async function baselineFlow(
+/**
+ * The baseline's three processes, sender -> relay -> receiver over two socketpairs (each child sees
+ * its sockets as fds 4 and 5), with the receiver and the relay already running; the caller starts
+ * the sender and must call `stop()`.
+ */
+async function startBaselineRelay(
   ctx: Ctx,
-  mode: LoadMode,
-  frame: FrameName,
-  batch: number,
-): Promise<BaselineFlow> {
+  recv: { latency: boolean; capacity: number; warmup: number },
+  ack: boolean,
+): Promise<{ snd: WorkerClient; procs: WorkerClient[]; stop: () => Promise<void> }> {
   const [a0, a1] = ctx.native.socketpair();
   const [b0, b1] = ctx.native.socketpair();
   const bp = await spawnWithSockets(ctx, [
@@ -471,8 +475,24 @@ async function baselineFlow(
   ]);
   const [snd, rly, rcv] = bp.procs as [WorkerClient, WorkerClient, WorkerClient];
   try {
-    await rcv.call('sock-recv-start', { fd: 4, latency: false, capacity: 0, warmup: 0 });
-    await rly.call('sock-relay-start', { inFd: 4, outFd: 5, ack: mode === 'closed' });
+    await rcv.call('sock-recv-start', { fd: 4, ...recv });
+    await rly.call('sock-relay-start', { inFd: 4, outFd: 5, ack });
+  } catch (err) {
+    await bp.stop();
+    throw err;
+  }
+  return { snd, procs: bp.procs, stop: bp.stop };
+}
+
+async function baselineFlow(
+  ctx: Ctx,
+  mode: LoadMode,
+  frame: FrameName,
+  batch: number,
+): Promise<BaselineFlow> {
+  const bp = await startBaselineRelay(ctx, { latency: false, capacity: 0, warmup: 0 }, mode === 'closed');
+  const snd = bp.snd;
+  try {
     await snd.call(mode === 'flood' ? 'sock-flood-start' : 'sock-batch-start', {
       fd: 4,
       frame: FRAMES[frame],
@@ -763,17 +783,9 @@ async function pacedBaseline(
   fraction: number,
   c: PacedCounts,
 ): Promise<LatencyResult> {
-  const [a0, a1] = ctx.native.socketpair();
-  const [b0, b1] = ctx.native.socketpair();
-  const bp = await spawnWithSockets(ctx, [
-    { name: 'blSender', fds: [a0] },
-    { name: 'blRelay', fds: [a1, b0] },
-    { name: 'blReceiver', fds: [b1] },
-  ]);
-  const [snd, rly, rcv] = bp.procs as [WorkerClient, WorkerClient, WorkerClient];
+  const bp = await startBaselineRelay(ctx, { latency: true, capacity: c.count, warmup: c.warmup }, false);
+  const [snd, , rcv] = bp.procs as [WorkerClient, WorkerClient, WorkerClient];
   try {
-    await rcv.call('sock-recv-start', { fd: 4, latency: true, capacity: c.count, warmup: c.warmup });
-    await rly.call('sock-relay-start', { inFd: 4, outFd: 5, ack: false });
     const s0 = await snapshot(null, bp.procs);
     const paced = await snd.call(
       'sock-paced-send',

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { CanFrame } from '../../src/core/bus/can-frame.js';
+import { type CanFrame, makeCanFrame } from '../../src/core/bus/can-frame.js';
 import { type BusPortHandler, CanHub, type HubPort, type TxResult } from '../../src/core/bus/hub.js';
 import { CanDevice, type CanDeviceOptions } from '../../src/core/devices/can/can-device.js';
 import { CanFeature, CanMsgType, CanStatus } from '../../src/core/devices/can/constants.js';
@@ -304,37 +304,15 @@ test('RX: a buffer shorter than the frame loses that frame (counted) and is retu
   const peer = hub.attach({ onFramesAvailable() {} }, { name: 'peer' });
   h.post(1, null, 20); // too short for 16 + 8
   h.post(1, null, 24);
-  peer.transmit({
-    id: 1,
-    extended: false,
-    rtr: false,
-    fd: false,
-    brs: false,
-    esi: false,
-    len: 8,
-    len8Dlc: 0,
-    data: new Uint8Array(8),
-    timestampNs: 0n,
-    origin: 0,
-  });
-  peer.transmit({
-    id: 2,
-    extended: false,
-    rtr: false,
-    fd: false,
-    brs: false,
-    esi: false,
-    len: 8,
-    len8Dlc: 0,
-    data: new Uint8Array(8),
-    timestampNs: 0n,
-    origin: 0,
-  });
+  peer.transmit(makeCanFrame({ id: 1, data: new Uint8Array(8) }));
+  peer.transmit(makeCanFrame({ id: 2, data: new Uint8Array(8) }));
   assert.deepEqual(
     h.used(1).map((u) => u.len),
     [0, 24],
   );
   assert.equal(dev.stats.rxShortBuffer, 1);
+  // The lost frame was released too: the second one reused its bus copy.
+  assert.equal(hub.stats().framePool.created, 1);
 });
 
 test('a corrupt ring marks the device broken instead of throwing', () => {

@@ -10,15 +10,17 @@ const paths = Array.from({ length: Number(count) }, (_, i) => `${base}${i}`);
 const can = startCanDaemon({ paths, log: new StructuredLogger({ level: 'warn' }) });
 const bus = can.hubFor(0);
 
+// Each frame is printed at once and then handed back (releasesFrames), so the bus can reuse it.
 const monitor = bus.attach(
   {
     onFramesAvailable() {
       for (let f = monitor.take(); f !== undefined; f = monitor.take()) {
         process.stdout.write(`${formatCandump(f, 'vbus0')}\n`);
+        monitor.release(f);
       }
     },
   },
-  { name: 'monitor' },
+  { name: 'monitor', releasesFrames: true },
 );
 
 createInterface({ input: process.stdin }).on('line', (line) => {

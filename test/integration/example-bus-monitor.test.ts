@@ -45,6 +45,18 @@ test('examples/bus-monitor.mjs prints guest frames and injects typed ones', asyn
   assert.equal(await drv.startController(), 0);
   assert.equal(await drv.send({ id: 0x123, data: [0xde, 0xad, 0xbe, 0xef] }), 0);
   await waitFor('monitor line', () => (out.includes('vbus0 123#DEADBEEF') ? true : undefined), 5000);
+  // More frames of the same length: the monitor releases each one, so the bus reuses the copy;
+  // every line must still show its own bytes, with a CLOCK_MONOTONIC timestamp.
+  for (let i = 0; i < 5; i++) assert.equal(await drv.send({ id: 0x200 + i, data: [i, i, i, i] }), 0);
+  await waitFor('five more lines', () => (out.split('\n').length > 6 ? true : undefined), 5000);
+  const lines = out.trim().split('\n');
+  assert.deepEqual(
+    lines.map((l) => l.replace(/^\(\d{10}\.\d{6}\) /, '')),
+    ['vbus0 123#DEADBEEF', ...[0, 1, 2, 3, 4].map((i) => `vbus0 20${i}#0${i}0${i}0${i}0${i}`)],
+  );
+  const stamps = lines.map((l) => Number(/^\((\d+\.\d+)\)/.exec(l)?.[1]));
+  const now = Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, as the daemon's clock
+  for (const s of stamps) assert.ok(s > 0 && now - s >= 0 && now - s < 30, `timestamp ${s} vs now ${now}`);
   child.stdin.write('1ABCDEF0#0102\n');
   const [f] = await drv.waitFrames(1);
   assert.equal(f!.id, 0x1abcdef0);

@@ -665,7 +665,16 @@ describe('CanHub frame reuse (releasesFrames)', () => {
     assert.equal(hub.stats().framePool.free, 6000);
   });
 
-  it('refuses releasesFrames together with confirmsTransmit', () => {
+  it('refuses releasesFrames together with confirmsTransmit, or as a non-boolean', () => {
+    assert.equal(
+      code(() =>
+        new CanHub({ name: 'type' }).attach(
+          { onFramesAvailable() {} },
+          { name: 'x', releasesFrames: 'yes' as unknown as boolean },
+        ),
+      ),
+      'ERR_BUS_INVALID_OPTION',
+    );
     const hub = new CanHub({ name: 'excl' });
     assert.equal(
       code(() =>

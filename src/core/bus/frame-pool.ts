@@ -58,14 +58,6 @@ export class PooledFrame implements CanFrame {
     this.#pinned = true;
   }
 
-  get holds(): number {
-    return this.#holds;
-  }
-
-  get pinned(): boolean {
-    return this.#pinned;
-  }
-
   /** Gives one hold back; the last one returns the frame to its pool (unless pinned). */
   drop(): void {
     if (this.#holds <= 0) return; // already free: a stray second release must not corrupt the pool

@@ -445,6 +445,9 @@ class BusEngine {
       throw invalid(`port ${name}: receiveOwn can only be false (the hub never echoes to the sender)`);
     }
     const limit = checkQueueLimit(opts.queueLimit ?? this.queueLimit, `port ${name} queueLimit`);
+    if (opts.releasesFrames !== undefined && typeof opts.releasesFrames !== 'boolean') {
+      throw invalid(`port ${name}: releasesFrames must be a boolean`);
+    }
     if (opts.releasesFrames === true && opts.confirmsTransmit === true) {
       // A confirming port keeps frames until their echo: it cannot hand them back at once.
       throw invalid(`port ${name}: releasesFrames and confirmsTransmit exclude each other`);

@@ -170,54 +170,7 @@ export class SplitQueue {
   }
 
   private walk(chain: DescriptorChain, head: number): void {
-    const dv = this.desc.region.dv;
-    const base = this.desc.off;
-    let i = head;
-    let seen = 0;
-    let writable = false;
-    for (;;) {
-      if (++seen > this.size) {
-        throw new VhostError('ERR_VQ_DESC_LOOP', `queue ${this.index}: chain from head ${head} loops`);
-      }
-      const o = base + Desc.SIZE * i;
-      const addr = this.u64(dv, o);
-      const len = dv.getUint32(o + 8, true);
-      const flags = dv.getUint16(o + 12, true);
-      const next = dv.getUint16(o + 14, true);
-      if (flags & Desc.F_INDIRECT) {
-        if (!this.opts.indirect) {
-          throw new VhostError(
-            'ERR_VQ_INDIRECT',
-            `queue ${this.index}: indirect descriptor without INDIRECT_DESC`,
-          );
-        }
-        if (flags & Desc.F_NEXT || chain.count > 0) {
-          // virtio 1.x 2.7.5.3.1: an indirect descriptor is the only one in its chain (no NEXT).
-          throw new VhostError(
-            'ERR_VQ_INDIRECT',
-            `queue ${this.index}: indirect descriptor chained with others`,
-          );
-        }
-        this.walkIndirect(chain, head, addr, len);
-        return;
-      }
-      if (flags & Desc.F_WRITE) writable = true;
-      else if (writable) {
-        throw new VhostError(
-          'ERR_VQ_DESC_ORDER',
-          `queue ${this.index}: readable descriptor after a writable one`,
-        );
-      }
-      this.addSegment(chain, addr, len, writable);
-      if (!(flags & Desc.F_NEXT)) return;
-      if (next >= this.size) {
-        throw new VhostError(
-          'ERR_VQ_DESC_INDEX',
-          `queue ${this.index}: next ${next} >= queue size ${this.size}`,
-        );
-      }
-      i = next;
-    }
+    this.walkTable(chain, head, this.desc.region.dv, this.desc.off, this.size, false);
   }
 
   private walkIndirect(chain: DescriptorChain, head: number, tableAddr: number, tableLen: number): void {
@@ -243,17 +196,29 @@ export class SplitQueue {
     }
     chain.indirect = true;
     const region = this.mem.regions[ri]!;
-    const dv = region.dv;
-    const base = tableAddr - region.gpa;
-    let i = 0;
+    this.walkTable(chain, head, region.dv, tableAddr - region.gpa, n, true);
+  }
+
+  /**
+   * Follows a chain through a descriptor table of `n` entries at `base` in `dv`: the ring's own
+   * table from `head`, or an indirect table from entry 0. Loops, out-of-range `next`, readable after
+   * writable and misplaced indirect descriptors are errors.
+   */
+  private walkTable(
+    chain: DescriptorChain,
+    head: number,
+    dv: DataView,
+    base: number,
+    n: number,
+    indirect: boolean,
+  ): void {
+    const what = indirect ? 'indirect chain' : 'chain';
+    let i = indirect ? 0 : head;
     let seen = 0;
     let writable = false;
     for (;;) {
       if (++seen > n) {
-        throw new VhostError(
-          'ERR_VQ_DESC_LOOP',
-          `queue ${this.index}: indirect chain from head ${head} loops`,
-        );
+        throw new VhostError('ERR_VQ_DESC_LOOP', `queue ${this.index}: ${what} from head ${head} loops`);
       }
       const o = base + Desc.SIZE * i;
       const addr = this.u64(dv, o);
@@ -261,7 +226,24 @@ export class SplitQueue {
       const flags = dv.getUint16(o + 12, true);
       const next = dv.getUint16(o + 14, true);
       if (flags & Desc.F_INDIRECT) {
-        throw new VhostError('ERR_VQ_INDIRECT', `queue ${this.index}: nested indirect table`);
+        if (indirect) {
+          throw new VhostError('ERR_VQ_INDIRECT', `queue ${this.index}: nested indirect table`);
+        }
+        if (!this.opts.indirect) {
+          throw new VhostError(
+            'ERR_VQ_INDIRECT',
+            `queue ${this.index}: indirect descriptor without INDIRECT_DESC`,
+          );
+        }
+        if (flags & Desc.F_NEXT || chain.count > 0) {
+          // virtio 1.x 2.7.5.3.1: an indirect descriptor is the only one in its chain (no NEXT).
+          throw new VhostError(
+            'ERR_VQ_INDIRECT',
+            `queue ${this.index}: indirect descriptor chained with others`,
+          );
+        }
+        this.walkIndirect(chain, head, addr, len);
+        return;
       }
       if (flags & Desc.F_WRITE) writable = true;
       else if (writable) {
@@ -275,7 +257,9 @@ export class SplitQueue {
       if (next >= n) {
         throw new VhostError(
           'ERR_VQ_DESC_INDEX',
-          `queue ${this.index}: indirect next ${next} >= table size ${n}`,
+          indirect
+            ? `queue ${this.index}: indirect next ${next} >= table size ${n}`
+            : `queue ${this.index}: next ${next} >= queue size ${n}`,
         );
       }
       i = next;

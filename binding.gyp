@@ -8,7 +8,8 @@
         "native/fd.c",
         "native/mmap.c",
         "native/watcher.c",
-        "native/can.c"
+        "native/can.c",
+        "native/guard.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],

@@ -32,15 +32,23 @@ typedef struct {
   size_t length;
   bool unmapped;
   int refs;
+  int guard_slot; /* registered with the SIGBUS guard (guard.c), or -1 */
 } vn_mapping;
 
 /* Marks ArrayBuffers created by mmap() so munmap() can refuse foreign ones
  * (and never napi_unwrap a pointer some other addon stored). */
 static const napi_type_tag kMappingTag = {0x7668f5a1c0de4d31ULL, 0x9a3e0b6f2d7c5e18ULL};
 
+/* Leaves the SIGBUS guard first: the range must never be patched once it is unmapped. */
+static void unguard(vn_mapping *m) {
+  vn_guard_remove(m->guard_slot);
+  m->guard_slot = -1;
+}
+
 static void mapping_unmap(vn_mapping *m) {
   if (!m->unmapped) {
     m->unmapped = true;
+    unguard(m);
     munmap(m->addr, m->length);
   }
 }
@@ -81,6 +89,7 @@ static bool detach_and_unmap(napi_env env, napi_value ab, vn_mapping *m) {
     vn_throw_napi(env, st, "napi_detach_arraybuffer");
     return false;
   }
+  unguard(m);
   if (munmap(m->addr, m->length) < 0) {
     vn_throw_errno(env, errno, "munmap");
     return false;
@@ -89,16 +98,20 @@ static bool detach_and_unmap(napi_env env, napi_value ab, vn_mapping *m) {
 }
 
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3] = {NULL, NULL, NULL};
+  size_t argc = 4;
+  napi_value argv[4] = {NULL, NULL, NULL, NULL};
   VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  for (size_t i = argc; i < 3; i++) argv[i] = vn_undefined(env);
+  for (size_t i = argc; i < 4; i++) argv[i] = vn_undefined(env);
 
   int fd;
   int64_t length, offset;
+  bool guard = false;
   if (!vn_get_fd(env, argv[0], "fd", &fd)) return NULL;
   if (!vn_get_int64(env, argv[1], "length", 0, (int64_t)VN_MAX_SAFE_INTEGER, &length)) return NULL;
   if (!vn_get_int64(env, argv[2], "offset", 0, (int64_t)VN_MAX_SAFE_INTEGER, &offset)) return NULL;
+  napi_valuetype guard_type = napi_undefined;
+  VN_CALL(env, napi_typeof(env, argv[3], &guard_type));
+  if (guard_type != napi_undefined && !vn_get_bool(env, argv[3], "guard", &guard)) return NULL;
   if (length > VN_MAX_MAPPING) {
     vn_throw_range(env, "ERR_MMAP_TOO_LARGE",
                    "mmap length exceeds the 4 GiB ArrayBuffer limit of this Node version; "
@@ -122,11 +135,24 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
     vn_throw_errno(env, ENOMEM, "mmap");
     return NULL;
   }
-  *m = (vn_mapping){.addr = addr, .length = (size_t)length, .unmapped = false, .refs = 2};
+  *m = (vn_mapping){.addr = addr, .length = (size_t)length, .unmapped = false, .refs = 2, .guard_slot = -1};
+  if (guard) {
+    int slot = vn_guard_add(env, addr, (size_t)length);
+    if (slot < 0) {
+      munmap(addr, (size_t)length);
+      free(m);
+      if (slot == -1) {
+        vn_throw_range(env, "ERR_TOO_MANY_GUARDED", "too many guarded mappings (SIGBUS guard table full)");
+      }
+      return NULL; /* -2: the guard could not be installed and has thrown */
+    }
+    m->guard_slot = slot;
+  }
 
   bool pending = false;
   if (napi_is_exception_pending(env, &pending) != napi_ok || pending) {
     /* Node would refuse before taking ownership: clean up ourselves. */
+    unguard(m);
     munmap(addr, (size_t)length);
     free(m);
     return NULL;
@@ -135,6 +161,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   napi_status st = napi_create_external_arraybuffer(env, addr, (size_t)length, finalize_backing, m, &ab);
   if (st == napi_no_external_buffers_allowed) {
     /* V8 sandbox builds (Electron) refuse before creating the finalizer. */
+    unguard(m);
     munmap(addr, (size_t)length);
     free(m);
     vn_throw_plain(env, "ERR_NO_EXTERNAL_BUFFERS", "external ArrayBuffers are not allowed in this runtime");
@@ -152,6 +179,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
      * reference meant for the wrap keeps `m` alive until we are done. */
     m->unmapped = true;
     napi_detach_arraybuffer(env, ab);
+    unguard(m);
     munmap(addr, (size_t)length);
     mapping_release(m);
     vn_throw_napi(env, st, "napi_wrap");
@@ -189,10 +217,35 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   return vn_undefined(env);
 }
 
+/* mappingFaults(buf): SIGBUS faults the guard absorbed in this mapping (0 if unguarded or unmapped). */
+static napi_value js_mapping_faults(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg = NULL;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, &arg, NULL, NULL));
+  bool is_ab = false;
+  if (argc < 1 || napi_is_arraybuffer(env, arg, &is_ab) != napi_ok || !is_ab) {
+    vn_throw_type(env, "ERR_INVALID_ARG_TYPE", "The \"buf\" argument must be an ArrayBuffer");
+    return NULL;
+  }
+  bool tagged = false;
+  VN_CALL(env, napi_check_object_type_tag(env, arg, &kMappingTag, &tagged));
+  if (!tagged) {
+    vn_throw_type(env, "ERR_NOT_MAPPED", "The ArrayBuffer was not created by mmap()");
+    return NULL;
+  }
+  void *data = NULL;
+  VN_CALL(env, napi_unwrap(env, arg, &data));
+  vn_mapping *m = data;
+  napi_value out = NULL;
+  VN_CALL(env, napi_create_uint32(env, vn_guard_faults(m->guard_slot), &out));
+  return out;
+}
+
 bool vn_init_mmap(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"mmap", NULL, js_mmap, NULL, NULL, NULL, napi_enumerable, NULL},
       {"munmap", NULL, js_munmap, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mappingFaults", NULL, js_mapping_faults, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
 }

@@ -96,5 +96,16 @@ bool vn_init_fd(napi_env env, napi_value exports);
 bool vn_init_mmap(napi_env env, napi_value exports);
 bool vn_init_watcher(napi_env env, napi_value exports);
 bool vn_init_can(napi_env env, napi_value exports);
+bool vn_init_guard(napi_env env, napi_value exports);
+
+/* ---- guard.c: SIGBUS guard for mappings of files the peer may shrink --- */
+
+/* Registers [addr, addr+length): returns its slot, -1 when the table is full
+ * (nothing thrown), -2 when the handler could not be installed (thrown). */
+int vn_guard_add(napi_env env, void *addr, size_t length);
+/* Unregisters a slot (no-op for -1). Call before unmapping the range. */
+void vn_guard_remove(int slot);
+/* Faults absorbed in a slot's range since it was registered (0 for -1). */
+unsigned vn_guard_faults(int slot);
 
 #endif /* VHOST_NATIVE_H */

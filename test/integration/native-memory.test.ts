@@ -1,7 +1,7 @@
 // memfd + mmap/munmap through the addon: offsets, detach semantics, finalizer safety under GC.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { ftruncateSync, readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { setImmediate as nextImmediate } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,7 @@ function pageSize(): number {
   }
 }
 const PAGE = pageSize();
+const addonPath = fileURLToPath(new URL('../../build/Release/vhost_native.node', import.meta.url));
 
 function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
@@ -238,7 +239,6 @@ test('GC stress: 200 map/write/munmap cycles, then mappings left to the finalize
 });
 
 test('mappings and watchers left open in a Worker are cleaned up when it exits or is terminated', async () => {
-  const addonPath = fileURLToPath(new URL('../../build/Release/vhost_native.node', import.meta.url));
   const name = 'vn-mem-worker';
   const fd = native.memfdCreate(name, PAGE);
   const workerCode = `
@@ -270,6 +270,80 @@ test('mappings and watchers left open in a Worker are cleaned up when it exits o
     const ab = native.mmap(fd, PAGE, 0);
     assert.equal(new TextDecoder().decode(new Uint8Array(ab, 0, 19)), `hello from worker ${id}`);
     native.munmap(ab);
+  }
+  native.close(fd);
+});
+
+test('guarded mapping: pages past the end of the file read as zeros, counted and signalled', () => {
+  const fd = native.memfdCreate('guarded', 2 * PAGE);
+  const efd = native.memoryFaultFd();
+  while (native.eventfdRead(efd) !== null) {
+    /* drain what earlier tests left */
+  }
+  const ab = native.mmap(fd, 8 * PAGE, 0, true);
+  const u = new Uint8Array(ab);
+  u[0] = 0x5a;
+  u[2 * PAGE - 1] = 0xa5;
+  const before = native.memoryFaults();
+  assert.equal(native.mappingFaults(ab), 0);
+  // Page 4 is past EOF: without the guard this is SIGBUS (see the next test).
+  assert.equal(u[4 * PAGE + 7], 0);
+  assert.equal(native.mappingFaults(ab), 1);
+  assert.equal(native.memoryFaults(), before + 1);
+  assert.equal(native.eventfdRead(efd), 1, 'the fault eventfd was signalled once');
+  // Everything from the faulting page on was replaced at once: no second fault for page 6.
+  u[6 * PAGE] = 3;
+  assert.equal(u[6 * PAGE], 3);
+  assert.equal(native.mappingFaults(ab), 1);
+  // Page 3 (before the faulting one, also past EOF) faults separately; the file's pages are intact.
+  u.fill(1, 3 * PAGE, 4 * PAGE);
+  assert.equal(native.mappingFaults(ab), 2);
+  assert.equal(u[0], 0x5a);
+  assert.equal(u[2 * PAGE - 1], 0xa5);
+  native.munmap(ab);
+  assert.equal(native.mappingFaults(ab), 0, 'an unmapped buffer reports no faults');
+  native.close(fd);
+});
+
+test('guarded mapping: a file shrunk after mapping faults into zeros, the shared part stays shared', () => {
+  const fd = native.memfdCreate('shrunk', 4 * PAGE);
+  const ab = native.mmap(fd, 4 * PAGE, 0, true);
+  const other = native.mmap(fd, PAGE, 0);
+  const u = new Uint8Array(ab);
+  u[3 * PAGE] = 9;
+  ftruncateSync(fd, PAGE);
+  assert.equal(u[3 * PAGE], 0, 'the truncated page reads as zero');
+  assert.equal(native.mappingFaults(ab), 1);
+  u[10] = 42;
+  assert.equal(new Uint8Array(other)[10], 42, 'page 0 is still the shared file page');
+  native.munmap(other);
+  native.munmap(ab);
+  native.close(fd);
+});
+
+test('the guard leaves other SIGBUS alone: an unguarded mapping past EOF still kills (default action)', () => {
+  const script = `
+    const native = require(${JSON.stringify(addonPath)});
+    const fd = native.memfdCreate('x', 4096);
+    const guarded = native.mmap(fd, 4096, 0, true); // installs the handler
+    const plain = new Uint8Array(native.mmap(fd, 4 * 4096, 0));
+    process.stdout.write('touching\\n');
+    plain[3 * 4096] = 1;
+    process.stdout.write('survived\\n');
+  `;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(r.stdout, 'touching\n');
+  assert.equal(r.signal, 'SIGBUS');
+});
+
+test('guarded mappings are independent of the order they are unmapped in', () => {
+  const fd = native.memfdCreate('order', PAGE);
+  const maps = Array.from({ length: 8 }, () => native.mmap(fd, 4 * PAGE, 0, true));
+  for (const i of [3, 0, 7, 5]) native.munmap(maps[i]!);
+  for (const i of [1, 2, 4, 6]) {
+    assert.equal(new Uint8Array(maps[i]!)[2 * PAGE], 0);
+    assert.equal(native.mappingFaults(maps[i]!), 1);
+    native.munmap(maps[i]!);
   }
   native.close(fd);
 });

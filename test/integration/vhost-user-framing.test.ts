@@ -7,6 +7,7 @@ import { encodeMessage, encodeU64, encodeVringFdIndex } from '../../src/core/vho
 import { FrontendReq, HeaderFlag, REPLY_FLAGS } from '../../src/core/vhost-user/protocol.js';
 import { hasFeature, VirtioFeature } from '../../src/core/virtio/features.js';
 import { native } from '../../src/node/native/addon.js';
+import { MAX_UNREAD_REPLY_BYTES } from '../../src/node/vhost-user/connection.js';
 import {
   connect,
   fdCount,
@@ -172,5 +173,33 @@ describe('framing', () => {
     }
     await settle();
     assert.equal(fdCount(), fds);
+  });
+
+  test('a front-end that never reads its replies is closed at a bound, not buffered forever', async (t) => {
+    const { can, paths } = startTestDaemon(t, { sockets: 2 });
+    const fd = native.connectUnix(paths[0]!);
+    t.after(() => native.close(fd));
+    await waitConnected(can);
+    const burst = new Uint8Array(12 * 256);
+    for (let i = 0; i < 256; i++)
+      burst.set(encodeMessage(FrontendReq.GET_FEATURES, HeaderFlag.VERSION), 12 * i);
+    // ~1.2 MiB of replies are owed after 100k requests; the loop ends well before its bound.
+    let sent = 0;
+    const end = Date.now() + 20_000;
+    while (can.daemon.status()[0]!.connected && Date.now() < end && sent < 400_000) {
+      try {
+        sent += native.sendMsg(fd, burst) / 12;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'EAGAIN') break; // EPIPE/ECONNRESET: closed by the daemon
+        await sleep(1);
+      }
+    }
+    await waitDisconnected(can);
+    const owed = sent * 20;
+    assert.ok(owed > MAX_UNREAD_REPLY_BYTES, `closed only after the bound (${owed} bytes owed)`);
+    assert.ok(sent < 400_000, 'closed before the sender gave up');
+    // The other socket is served as usual.
+    const { fe } = connect(t, paths[1]!);
+    assert.equal((await fe.init({ numQueues: 3 })).queueNum, 3);
   });
 });

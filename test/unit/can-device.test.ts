@@ -391,3 +391,22 @@ test('guest to guest: every frame arrives intact while the TX frame and the bus 
   assert.ok(pool.created <= 8, `frames created: ${pool.created}`);
   assert.equal(pool.created + pool.reused, sent);
 });
+
+test('a failure in scheduled RX work breaks this device only; nothing escapes to the event loop', () => {
+  const tasks: (() => void)[] = [];
+  const hub = new CanHub({ name: 't' });
+  const { h, dev } = setup({ hub, schedule: (fn) => tasks.push(fn) });
+  const r0 = h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
+  dev.queueNotified(2);
+  assert.equal(h.byte(r0), 0);
+  // A bug reached from the event loop (here: the host throws while RX work is scheduled).
+  h.queue = () => {
+    throw new TypeError('boom');
+  };
+  const other = hub.attach({ onFramesAvailable() {} }, { name: 'other' });
+  other.transmit(makeCanFrame({ id: 5, data: [1] }));
+  assert.equal(tasks.length, 1, 'RX work was scheduled');
+  assert.doesNotThrow(() => tasks[0]!());
+  assert.equal(h.broken?.code, 'ERR_INTERNAL');
+  assert.match(h.broken?.message ?? '', /boom/);
+});

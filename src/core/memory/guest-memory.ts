@@ -26,6 +26,11 @@ export interface MappedRegion extends RegionInfo {
   readonly bytes: Uint8Array;
   /** Detach and unmap. Idempotent. After it, `bytes` has length 0. */
   release(): void;
+  /**
+   * Pages of this region that vanished after it was mapped (the front-end shrank the file): the
+   * node layer reads them as zeros instead of dying of SIGBUS, and counts them here.
+   */
+  faults?(): number;
 }
 
 /** One region with the typed views the hot paths need, built once per mapping. */

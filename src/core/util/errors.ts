@@ -27,6 +27,10 @@ export const DISPOSITION = {
   ERR_VU_TOO_MANY_FDS: 'disconnect',
   /** A request whose reply is a body (GET_*) failed: there is no NACK for it, so the connection closes. */
   ERR_VU_NO_ANSWER: 'disconnect',
+  /** Guest memory vanished under us (the front-end truncated the file): the guest is unusable. */
+  ERR_VU_MEM_FAULT: 'disconnect',
+  /** The front-end keeps sending requests without reading the replies. */
+  ERR_VU_UNREAD_REPLIES: 'disconnect',
   // vhost-user message semantics (one message is wrong; the stream is fine)
   ERR_VU_BAD_SIZE: 'reject',
   ERR_VU_BAD_FDS: 'reject',

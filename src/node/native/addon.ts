@@ -140,12 +140,29 @@ export interface NativeAddon {
    * - `offset` must be a multiple of the page size (EINVAL otherwise, syscall 'mmap').
    * - `length` is 1..2^32 (Node 20's ArrayBuffer limit); larger throws a RangeError with code
    *   'ERR_MMAP_TOO_LARGE': map big regions in several windows.
-   * - Touching bytes beyond the end of the file raises SIGBUS, as in C.
+   * - Touching bytes beyond the end of the file raises SIGBUS, as in C, unless `guard` is true:
+   *   then the addon's SIGBUS handler replaces the missing pages (from the faulting one to the
+   *   end of this mapping) with private zero pages, counts the fault (`mappingFaults()`,
+   *   `memoryFaults()`), signals `memoryFaultFd()`, and the access carries on reading zeros.
+   *   Use it for memory a peer owns and may truncate (guest RAM); see native/guard.c.
    *
    * Release it with `munmap()`. If it is dropped instead, the mapping is unmapped once the
    * ArrayBuffer is garbage collected; that is a safety net, not a resource strategy.
    */
-  mmap(fd: number, length: number, offset: number): ArrayBuffer;
+  mmap(fd: number, length: number, offset: number, guard?: boolean): ArrayBuffer;
+
+  /** SIGBUS faults absorbed in a guarded mapping so far (0 for unguarded or unmapped ones). */
+  mappingFaults(buf: ArrayBuffer): number;
+
+  /** SIGBUS faults absorbed in all guarded mappings since the process started. */
+  memoryFaults(): number;
+
+  /**
+   * A non-blocking eventfd that the SIGBUS handler signals after each absorbed fault (installs
+   * the handler if no guarded mapping did yet). Watch it to learn which memory went bad; never
+   * close it.
+   */
+  memoryFaultFd(): number;
 
   /**
    * Detaches `buf` (every view of it then has length 0 and reads give `undefined` instead

@@ -10,8 +10,19 @@ import type { VirtioDevice } from '../../core/vhost-user/device.js';
 import { MessageFramer } from '../../core/vhost-user/framer.js';
 import { HEADER_SIZE, MAX_FDS, MAX_PAYLOAD } from '../../core/vhost-user/protocol.js';
 import { type SessionIo, VhostUserSession } from '../../core/vhost-user/session.js';
+import { faultMonitorFor } from '../memory/fault-monitor.js';
 import { mapRegion } from '../memory/mmap-region.js';
 import type { NativeAddon, NativeWatcher } from '../native/addon.js';
+
+/**
+ * Replies queued for a front-end that does not read them. A real front-end waits for each reply it
+ * asked for, so a few hundred bytes is the most that ever waits; past this bound the peer is only
+ * making us buffer (one GET_FEATURES flood would otherwise grow the daemon without limit).
+ */
+export const MAX_UNREAD_REPLY_BYTES = 1024 * 1024;
+
+/** vhost-user messages handled per event-loop turn and connection (each takes two reads). */
+const MESSAGES_PER_TURN = 256;
 
 export interface ConnectionOptions {
   native: NativeAddon;
@@ -33,7 +44,9 @@ export class VhostUserConnection {
   private readonly watcher: NativeWatcher;
   private readonly onClose: (reason: string) => void;
   private outQueue: Uint8Array[] = [];
+  private outQueued = 0;
   private closed = false;
+  private readonly unsubscribeFaults: () => void;
   private signalErrors = 0;
 
   constructor(opts: ConnectionOptions) {
@@ -59,6 +72,30 @@ export class VhostUserConnection {
     );
     this.watcher = new n.Watcher(this.fd, (status, events) => this.onEvent(status, events));
     this.watcher.start(n.READABLE);
+    this.unsubscribeFaults = faultMonitorFor(n).subscribe(() => this.checkMemoryFaults());
+  }
+
+  /**
+   * After the SIGBUS guard absorbed a fault somewhere in the process: if it was in this guest's
+   * memory (the front-end shrank the file behind it), the guest's RAM is gone and the device would
+   * only read zeros from now on, so the connection closes. Other connections are untouched.
+   */
+  private checkMemoryFaults(): void {
+    if (this.closed) return;
+    const regions = this.session.memory.regions;
+    for (let i = 0; i < regions.length; i++) {
+      const n = regions[i]!.source.faults?.() ?? 0;
+      if (n > 0) {
+        this.fail(
+          new VhostError(
+            'ERR_VU_MEM_FAULT',
+            `guest memory region ${i} (guest physical 0x${regions[i]!.gpa.toString(16)}) lost ` +
+              `${n === 1 ? 'a page' : 'pages'}: the front-end shrank its file after SET_MEM_TABLE`,
+          ),
+        );
+        return;
+      }
+    }
   }
 
   private onEvent(status: number, events: number): void {
@@ -72,8 +109,10 @@ export class VhostUserConnection {
   }
 
   private readAll(): void {
-    // Level-triggered watcher: read until EAGAIN (or until the connection closes).
-    while (!this.closed) {
+    // Level-triggered watcher: read until EAGAIN, the connection closes, or the budget is spent;
+    // a front-end streaming messages nonstop must not keep the loop from the other guests (the
+    // watcher calls again at once for what is left).
+    for (let budget = MESSAGES_PER_TURN * 2; budget > 0 && !this.closed; budget--) {
       const want = this.framer.wanted();
       let r: ReturnType<NativeAddon['recvMsg']>;
       try {
@@ -116,10 +155,23 @@ export class VhostUserConnection {
   private send(bytes: Uint8Array): void {
     if (this.closed) return;
     if (this.outQueue.length > 0) {
-      this.outQueue.push(bytes);
+      this.enqueue(bytes);
       return;
     }
     this.writeSome(bytes);
+  }
+
+  private enqueue(bytes: Uint8Array): void {
+    this.outQueue.push(bytes);
+    this.outQueued += bytes.byteLength;
+    if (this.outQueued > MAX_UNREAD_REPLY_BYTES) {
+      this.fail(
+        new VhostError(
+          'ERR_VU_UNREAD_REPLIES',
+          `front-end left ${this.outQueued} bytes of replies unread (limit ${MAX_UNREAD_REPLY_BYTES})`,
+        ),
+      );
+    }
   }
 
   private writeSome(bytes: Uint8Array): void {
@@ -128,8 +180,8 @@ export class VhostUserConnection {
       while (off < bytes.byteLength) off += this.native.sendMsg(this.fd, bytes.subarray(off));
     } catch (err) {
       if ((err as { code?: string }).code === 'EAGAIN') {
-        this.outQueue.push(bytes.subarray(off));
         this.watcher.start(this.native.READABLE | this.native.WRITABLE);
+        this.enqueue(bytes.subarray(off));
         return;
       }
       this.close(`send failed: ${(err as Error).message}`);
@@ -139,10 +191,12 @@ export class VhostUserConnection {
   private flush(): void {
     const q = this.outQueue;
     this.outQueue = [];
+    this.outQueued = 0;
     this.watcher.start(this.native.READABLE);
     for (let i = 0; i < q.length; i++) {
+      if (this.closed) return;
       if (this.outQueue.length > 0) {
-        this.outQueue.push(...q.slice(i));
+        for (const b of q.slice(i)) this.enqueue(b);
         return;
       }
       this.writeSome(q[i]!);
@@ -203,12 +257,20 @@ export class VhostUserConnection {
     if (this.closed) return;
     this.closed = true;
     this.watcher.close();
+    this.unsubscribeFaults();
     for (const fd of this.framer.takeFds()) this.closeFd(fd);
+    // close() runs inside event-loop callbacks (socket, kick, fault monitor): a failure here must be
+    // logged, never thrown, or it would end the process and every other guest with it.
     try {
       this.session.close();
-    } finally {
-      this.closeFd(this.fd);
+    } catch (err) {
+      this.log.error('releasing the connection failed', { reason: (err as Error)?.message ?? String(err) });
+    }
+    this.closeFd(this.fd);
+    try {
       this.onClose(reason);
+    } catch (err) {
+      this.log.error('connection close hook failed', { reason: (err as Error)?.message ?? String(err) });
     }
   }
 }

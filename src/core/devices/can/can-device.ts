@@ -172,16 +172,20 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private fifoToken = 0; // token of the entry at fifoStart
   private nextToken = 0;
 
+  // Scheduled work runs outside the session's guarded calls (from the event loop directly), so it
+  // catches for itself: a failure breaks this device, never the daemon.
   private rxScheduled = false;
   private readonly runRx = (): void => {
     this.rxScheduled = false;
-    this.processRx();
+    this.guarded(this.processRxFn);
   };
   private txScheduled = false;
   private readonly runTx = (): void => {
     this.txScheduled = false;
-    this.processTx();
+    this.guarded(this.processTxFn);
   };
+  private readonly processRxFn = (): void => this.processRx();
+  private readonly processTxFn = (): void => this.processTx();
 
   constructor(opts: CanDeviceOptions) {
     const sw = { ...DEFAULT_CAN_FEATURES, ...opts.features };
@@ -318,6 +322,25 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.port.detach();
   }
 
+  private guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private fail(err: unknown): void {
+    const e =
+      err instanceof VhostError
+        ? err
+        : new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? String(err)}`, {
+            cause: err,
+          });
+    if (this.host !== null) this.host.markBroken(e);
+    else this.log.error('device failure outside a connection', { code: e.code, reason: e.message });
+  }
+
   // ---- bus port handler -----------------------------------------------------------------------
 
   onFramesAvailable(): void {
@@ -339,10 +362,15 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
       this.stats.txRejected[TxReject.BUS]++;
       this.stats.txNotOk++;
     }
-    const q = this.host?.queue(CanQueue.TX) ?? null;
-    if (q !== null) {
-      this.flushTx(q);
-      q.publish();
+    // Called by the bus (a host interface's echo), not through the session: catch for ourselves.
+    try {
+      const q = this.host?.queue(CanQueue.TX) ?? null;
+      if (q !== null) {
+        this.flushTx(q);
+        q.publish();
+      }
+    } catch (err) {
+      this.fail(err);
     }
   }
 
@@ -355,7 +383,11 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     // it is unsolicited, so the driver is told with a configuration change notification.
     this.stats.busOff++;
     this.status |= CanStatus.CTRL_BUSOFF;
-    this.enterStopped();
+    try {
+      this.enterStopped(); // completes pending TX in guest memory: may meet a bad ring
+    } catch (err) {
+      this.fail(err);
+    }
     if (!this.host?.notifyConfigChange()) {
       this.log.warn('bus-off cannot be signalled: the front-end did not negotiate BACKEND_REQ');
     }

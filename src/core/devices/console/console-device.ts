@@ -1,0 +1,719 @@
+/**
+ * The VIRTIO console device (device ID 3), one per guest connection. It implements the device
+ * contract; the vhost-user layer drives it, and a backend (TCP client, Unix socket, terminal)
+ * attaches through `ConsoleHandler` and the `input` / `setHostConnected` / `resize` calls.
+ *
+ * Port 0 is the console port (the guest's hvc0); ports 1..n are named generic ports
+ * (`/dev/virtio-ports/NAME` in a Linux guest), present only when MULTIPORT is negotiated.
+ *
+ * Decisions beyond the spec text, with the reasoning:
+ * - Guest output is consumed at once, always, whether a client is connected or not: Linux's console
+ *   output and its control messages busy-wait until the device returns the buffer, so a device
+ *   that waited for a client would freeze the guest's vCPU. What to do with bytes nobody reads is
+ *   the backend's business (scrollback, log file).
+ * - Input is flow-controlled, never dropped: `input()` takes what fits in a bounded per-port
+ *   buffer and says how much; `ConsoleHandler.inputSpace` tells the backend when to resume. RX
+ *   buffers are taken from the ring only when there are bytes to put in them.
+ * - With MULTIPORT, bytes reach a port only once the guest opened it (PORT_OPEN 1): Linux discards
+ *   data for generic ports nobody has open, and the console port opens itself on CONSOLE_PORT.
+ * - Control messages from the guest are handled in order and each chain returns with used length
+ *   0; an unknown event or a bad port id is counted and ignored (it never stops the device).
+ * - Control messages to the guest wait, in order and bounded, for control receiveq buffers; each
+ *   uses exactly one buffer.
+ * - PORT_READY for the console port is answered with CONSOLE_PORT, then RESIZE (with F_SIZE: with
+ *   MULTIPORT Linux never reads the size from config space, so without it the guest would run with
+ *   a wrong size until the first change), then PORT_NAME, then PORT_OPEN if the host side is
+ *   connected. A repeated PORT_READY (guest resume) gets the same answers again.
+ * - RESIZE carries `cols, rows` as the spec says; `legacyResizeOrder` sends `rows, cols` for Linux
+ *   guests before 6.15, which read them swapped.
+ * - `emerg_wr` may be written at any time, negotiated or not (the spec's MUST): its low byte is
+ *   console output.
+ */
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { VhostError } from '../../util/errors.js';
+import type { Logger } from '../../util/log.js';
+import { nullLogger } from '../../util/log.js';
+import { encodeUtf8 } from '../../util/utf8.js';
+import type { DeviceHost, VirtioDevice } from '../../vhost-user/device.js';
+import { DescriptorChain } from '../../virtio/descriptor-chain.js';
+import { featureBit, hasFeature, VirtioFeature } from '../../virtio/features.js';
+import type { SplitQueue } from '../../virtio/split-queue.js';
+import {
+  CONSOLE_CONTROL_SIZE,
+  CONSOLE_MAX_PORTS,
+  ConsoleConfig,
+  ConsoleEvent,
+  ConsoleFeature,
+  ConsoleQueue,
+  consoleQueueCount,
+  portRxQueue,
+  portTxQueue,
+  VIRTIO_ID_CONSOLE,
+} from './constants.js';
+
+/** What the backend side provides. Calls come from inside queue processing: do not throw. */
+export interface ConsoleHandler {
+  /** Guest output on `port`. `bytes` is valid only during the call: copy what you keep. */
+  output(port: number, bytes: Uint8Array): void;
+  /** The guest opened (PORT_OPEN 1) or closed a port, or the device was reset (all closed). */
+  guestOpen?(port: number, open: boolean): void;
+  /** `input(port)` refused bytes earlier and there is room again. */
+  inputSpace?(port: number): void;
+}
+
+export interface ConsoleFeatureSwitches {
+  size: boolean;
+  multiport: boolean;
+  emergWrite: boolean;
+}
+
+export const DEFAULT_CONSOLE_FEATURES: Readonly<ConsoleFeatureSwitches> = Object.freeze({
+  size: true,
+  multiport: true,
+  emergWrite: true,
+});
+
+/** Longest port name sent in PORT_NAME (Linux copies it into a page-sized buffer). */
+export const MAX_PORT_NAME_BYTES = 255;
+
+export interface ConsoleDeviceOptions {
+  handler: ConsoleHandler;
+  /**
+   * Names of ports 1..n (port 0, the console, has no name unless `consoleName` is set). The number
+   * of ports (max_nr_ports) is 1 + names.length.
+   */
+  portNames?: readonly string[];
+  consoleName?: string;
+  features?: Partial<ConsoleFeatureSwitches>;
+  /** Initial terminal size (default 80 x 24). */
+  cols?: number;
+  rows?: number;
+  /** RESIZE payload as rows, cols (Linux guests before 6.15). */
+  legacyResizeOrder?: boolean;
+  eventIdx?: boolean;
+  indirectDesc?: boolean;
+  /** Largest queue size accepted (power of two, default 1024). */
+  maxQueueSize?: number;
+  /** Bytes of input held per port while the guest has no RX buffers (default 64 KiB). */
+  inputLimit?: number;
+  /** Control messages held for the guest while it has no control buffers (default 1024). */
+  controlBacklog?: number;
+  log?: Logger;
+}
+
+export interface ConsolePortStats {
+  /** Guest output bytes. */
+  txBytes: number;
+  /** Input bytes written into guest buffers. */
+  rxBytes: number;
+  /** RX buffers used. */
+  rxBuffers: number;
+  /** Bytes refused by input() because the port's input buffer was full (the backend keeps them). */
+  inputRefused: number;
+}
+
+export interface ConsoleDeviceStats {
+  ports: ConsolePortStats[];
+  controlIn: number;
+  controlOut: number;
+  /** Control messages from the guest with an unknown event, bad port id or short length. */
+  controlIgnored: number;
+  /** Control messages to the guest dropped: backlog full, or a buffer too short for them. */
+  controlDropped: number;
+  emergBytes: number;
+  /** Malformed chains returned with used length 0 (any queue). */
+  badChains: number;
+}
+
+interface PortState {
+  readonly name: string | undefined;
+  /** PORT_ADD was sent since the last reset (never twice, spec). */
+  added: boolean;
+  /** The guest answered PORT_READY(1). */
+  ready: boolean;
+  /** The guest has the port open (PORT_OPEN 1; port 0 without MULTIPORT: always). */
+  guestOpen: boolean;
+  hostConnected: boolean;
+  /** Pending input, a ring of `inputLimit` bytes. */
+  readonly inBuf: Uint8Array;
+  inStart: number;
+  inCount: number;
+  /** input() refused bytes since the last inputSpace() call. */
+  refused: boolean;
+}
+
+const TX_BUDGET = 256;
+const TX_SCRATCH = 64 * 1024;
+
+export class ConsoleDevice implements VirtioDevice {
+  readonly name = 'console';
+  readonly deviceId = VIRTIO_ID_CONSOLE;
+  readonly numQueues: number;
+  readonly configSize = ConsoleConfig.SIZE;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  readonly stats: ConsoleDeviceStats;
+  readonly portCount: number;
+
+  private host: DeviceHost | null = null;
+  private log: Logger;
+  private readonly handler: ConsoleHandler;
+  private readonly ports: PortState[];
+  private readonly legacyResize: boolean;
+  private readonly controlBacklog: number;
+  private cols: number;
+  private rows: number;
+  private multiport = false;
+  private sizeOn = false;
+  private deviceReady = false;
+  private readonly controlQueue: Uint8Array[] = [];
+  // One chain object per kind of work: output and control callbacks may re-enter the device
+  // (a backend answering output with input), and must not overwrite a chain still being handled.
+  private readonly txChain = new DescriptorChain(16);
+  private readonly rxChain = new DescriptorChain(16);
+  private readonly ctlTxChain = new DescriptorChain(4);
+  private readonly ctlRxChain = new DescriptorChain(4);
+  private readonly scratch = new Uint8Array(TX_SCRATCH);
+  private readonly ctl = new Uint8Array(CONSOLE_CONTROL_SIZE);
+  private readonly ctlView = new DataView(this.ctl.buffer);
+  private readonly pendingTx = new Set<number>();
+  private txScheduled = false;
+  private readonly schedule: (fn: () => void) => void;
+  private destroyed = false;
+
+  constructor(opts: ConsoleDeviceOptions & { schedule?: (fn: () => void) => void }) {
+    const sw = { ...DEFAULT_CONSOLE_FEATURES, ...opts.features };
+    const names = opts.portNames ?? [];
+    const count = 1 + names.length;
+    if (count > CONSOLE_MAX_PORTS) throw new RangeError(`${count} ports (at most ${CONSOLE_MAX_PORTS})`);
+    if (names.length > 0 && !sw.multiport) throw new RangeError('named ports need MULTIPORT');
+    for (const n of [...names, ...(opts.consoleName === undefined ? [] : [opts.consoleName])]) {
+      const len = encodeUtf8(n).byteLength;
+      if (len === 0 || len > MAX_PORT_NAME_BYTES) {
+        throw new RangeError(`port name "${n}" must be 1..${MAX_PORT_NAME_BYTES} bytes of UTF-8`);
+      }
+    }
+    this.portCount = count;
+    this.numQueues = sw.multiport ? consoleQueueCount(count) : 2;
+    let f = featureBit(VirtioFeature.VERSION_1);
+    if (sw.size) f |= featureBit(ConsoleFeature.SIZE);
+    if (sw.multiport) f |= featureBit(ConsoleFeature.MULTIPORT);
+    if (sw.emergWrite) f |= featureBit(ConsoleFeature.EMERG_WRITE);
+    if (opts.eventIdx ?? true) f |= featureBit(VirtioFeature.RING_EVENT_IDX);
+    if (opts.indirectDesc ?? true) f |= featureBit(VirtioFeature.RING_INDIRECT_DESC);
+    this.features = f;
+    const max = opts.maxQueueSize ?? 1024;
+    if (max < 1 || max > 32768 || (max & (max - 1)) !== 0) throw new RangeError(`max queue size ${max}`);
+    this.maxQueueSize = max;
+    const limit = opts.inputLimit ?? 64 * 1024;
+    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`input limit ${limit}`);
+    this.controlBacklog = opts.controlBacklog ?? 1024;
+    this.handler = opts.handler;
+    this.log = opts.log ?? nullLogger;
+    this.schedule = opts.schedule ?? ((fn) => fn());
+    this.legacyResize = opts.legacyResizeOrder ?? false;
+    this.cols = clampU16(opts.cols ?? 80);
+    this.rows = clampU16(opts.rows ?? 24);
+    this.ports = Array.from({ length: count }, (_, i) => ({
+      name: i === 0 ? opts.consoleName : names[i - 1],
+      added: false,
+      ready: false,
+      guestOpen: false,
+      hostConnected: false,
+      inBuf: new Uint8Array(limit),
+      inStart: 0,
+      inCount: 0,
+      refused: false,
+    }));
+    this.stats = {
+      ports: this.ports.map(() => ({ txBytes: 0, rxBytes: 0, rxBuffers: 0, inputRefused: 0 })),
+      controlIn: 0,
+      controlOut: 0,
+      controlIgnored: 0,
+      controlDropped: 0,
+      emergBytes: 0,
+      badChains: 0,
+    };
+  }
+
+  /** Whether the guest has `port` open (bytes can reach it). */
+  isGuestOpen(port: number): boolean {
+    return this.ports[port]?.guestOpen ?? false;
+  }
+
+  /** Input bytes waiting for guest buffers on `port`. */
+  pendingInput(port: number): number {
+    return this.ports[port]?.inCount ?? 0;
+  }
+
+  // ---- backend side ---------------------------------------------------------------------------
+
+  /**
+   * Queues input for the guest on `port` and delivers what guest buffers allow. Returns the number
+   * of bytes taken (from the start of `bytes`); the rest is the caller's to keep until
+   * `inputSpace(port)`.
+   */
+  input(port: number, bytes: Uint8Array): number {
+    const p = this.ports[port];
+    if (p === undefined || this.destroyed) return 0;
+    const cap = p.inBuf.byteLength;
+    const n = Math.min(bytes.byteLength, cap - p.inCount);
+    let w = (p.inStart + p.inCount) % cap;
+    for (let i = 0; i < n; ) {
+      const run = Math.min(n - i, cap - w);
+      p.inBuf.set(bytes.subarray(i, i + run), w);
+      i += run;
+      w = (w + run) % cap;
+    }
+    p.inCount += n;
+    if (n < bytes.byteLength) {
+      p.refused = true;
+      this.stats.ports[port]!.inputRefused += bytes.byteLength - n;
+    }
+    if (n > 0) this.guarded(() => this.deliverInput(port));
+    return n;
+  }
+
+  /** The host side of `port` connected or disconnected (a client): PORT_OPEN to the guest. */
+  setHostConnected(port: number, connected: boolean): void {
+    const p = this.ports[port];
+    if (p === undefined || p.hostConnected === connected) return;
+    p.hostConnected = connected;
+    if (this.multiport && p.ready) {
+      this.sendControl(port, ConsoleEvent.PORT_OPEN, connected ? 1 : 0);
+    }
+  }
+
+  /** The terminal size changed: RESIZE for port 0 (MULTIPORT) or a config-change notification. */
+  resize(cols: number, rows: number): void {
+    const c = clampU16(cols);
+    const r = clampU16(rows);
+    if (c === this.cols && r === this.rows) return;
+    this.cols = c;
+    this.rows = r;
+    if (!this.sizeOn) return;
+    if (this.multiport) {
+      if (this.ports[0]!.ready) this.sendResize();
+    } else {
+      this.host?.notifyConfigChange();
+    }
+  }
+
+  get size(): { cols: number; rows: number } {
+    return { cols: this.cols, rows: this.rows };
+  }
+
+  // ---- device contract ------------------------------------------------------------------------
+
+  attach(host: DeviceHost): void {
+    this.host = host;
+    this.log = host.log;
+  }
+
+  readConfig(dst: Uint8Array): void {
+    const dv = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);
+    dv.setUint16(ConsoleConfig.COLS, this.cols, true);
+    dv.setUint16(ConsoleConfig.ROWS, this.rows, true);
+    dv.setUint32(ConsoleConfig.MAX_NR_PORTS, this.portCount, true);
+    dv.setUint32(ConsoleConfig.EMERG_WR, 0, true); // write-only for the driver
+  }
+
+  writeConfig(offset: number, data: Uint8Array): boolean {
+    // Only emerg_wr is writable. QEMU forwards a 4-byte write at offset 8; accept any write that
+    // covers its low byte.
+    if (offset > ConsoleConfig.EMERG_WR || offset + data.byteLength <= ConsoleConfig.EMERG_WR) return false;
+    const low = data[ConsoleConfig.EMERG_WR - offset]!;
+    this.stats.emergBytes++;
+    this.stats.ports[0]!.txBytes++;
+    this.handler.output(0, Uint8Array.of(low));
+    return true;
+  }
+
+  setFeatures(acked: bigint): void {
+    this.multiport = hasFeature(acked, ConsoleFeature.MULTIPORT);
+    this.sizeOn = hasFeature(acked, ConsoleFeature.SIZE);
+  }
+
+  queueStarted(index: number): void {
+    if (!this.multiport && index === ConsoleQueue.PORT0_RX) {
+      // Without MULTIPORT the guest cannot say it opened port 0: it is open once the rings run.
+      this.setGuestOpen(0, true);
+    }
+    this.queueNotified(index);
+  }
+
+  queueStopping(): void {
+    // Every queue completes its chains within the call that took them.
+  }
+
+  queueNotified(index: number): void {
+    this.guarded(() => this.process(index));
+  }
+
+  halt(): void {
+    this.pendingTx.clear();
+  }
+
+  reset(): void {
+    this.halt();
+    this.multiport = false;
+    this.sizeOn = false;
+    this.deviceReady = false;
+    this.controlQueue.length = 0;
+    for (let i = 0; i < this.ports.length; i++) {
+      const p = this.ports[i]!;
+      p.added = false;
+      p.ready = false;
+      this.setGuestOpen(i, false);
+      // Input already accepted stays queued for the next driver (flow control kept the rest out).
+    }
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.halt();
+  }
+
+  // ---- queue processing -----------------------------------------------------------------------
+
+  private process(index: number): void {
+    if (index === ConsoleQueue.CTRL_TX && this.multiport) this.processControlTx();
+    else if (index === ConsoleQueue.CTRL_RX && this.multiport) this.flushControl();
+    else {
+      const port = portOfQueue(index);
+      if (port < 0 || port >= this.ports.length) return;
+      if (port > 0 && !this.multiport) return;
+      if (index === portTxQueue(port)) this.processTx(port);
+      else this.deliverInput(port);
+    }
+  }
+
+  private guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      const e =
+        err instanceof VhostError
+          ? err
+          : new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? String(err)}`, {
+              cause: err,
+            });
+      if (this.host !== null) this.host.markBroken(e);
+      else this.log.error('console device failure outside a connection', { code: e.code, reason: e.message });
+    }
+  }
+
+  /**
+   * A chain that cannot be walked: with a valid head it is returned with used length 0 and the
+   * queue goes on; a corrupt ring marks the device broken. Returns false to stop processing.
+   */
+  private badChain(q: SplitQueue, chain: DescriptorChain, err: unknown): boolean {
+    if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
+    if (chain.head < 0) {
+      this.host?.markBroken(err);
+      return false;
+    }
+    this.stats.badChains++;
+    if (this.stats.badChains === 1 || this.log.debugEnabled) {
+      this.log.warn('malformed descriptor chain returned unused', {
+        queue: q.index,
+        code: err.code,
+        reason: err.message,
+      });
+    }
+    q.pushUsed(chain.head, 0);
+    return true;
+  }
+
+  /** Guest output: consumed at once, whatever the backend does with it. */
+  private processTx(port: number): void {
+    const host = this.host;
+    const q = host?.queue(portTxQueue(port)) ?? null;
+    if (q === null || host === null) return;
+    const chain = this.txChain;
+    const mem = host.memory;
+    const stats = this.stats.ports[port]!;
+    let budget = TX_BUDGET;
+    do {
+      for (;;) {
+        if (budget-- === 0) {
+          // Fairness: a guest printing nonstop must not starve the event loop; continue next turn.
+          q.publish();
+          this.scheduleTx(port);
+          return;
+        }
+        try {
+          if (!q.next(chain)) break;
+        } catch (err) {
+          if (!this.badChain(q, chain, err)) return;
+          continue;
+        }
+        this.emit(port, chain, mem, stats);
+        // The device writes nothing into transmit buffers: used length 0.
+        q.pushUsed(chain.head, 0);
+      }
+      q.publish();
+    } while (q.armKick());
+  }
+
+  private emit(port: number, chain: DescriptorChain, mem: GuestMemory, stats: ConsolePortStats): void {
+    let off = 0;
+    const total = chain.readableLength;
+    while (off < total) {
+      const want = Math.min(total - off, this.scratch.byteLength);
+      const n = chain.read(mem, off, this.scratch, 0, want);
+      if (n <= 0) {
+        this.stats.badChains++;
+        return;
+      }
+      stats.txBytes += n;
+      this.handler.output(port, this.scratch.subarray(0, n));
+      off += n;
+    }
+  }
+
+  private scheduleTx(port: number): void {
+    this.pendingTx.add(port);
+    if (this.txScheduled) return;
+    this.txScheduled = true;
+    this.schedule(() => {
+      this.txScheduled = false;
+      const ports = [...this.pendingTx];
+      this.pendingTx.clear();
+      for (const p of ports) this.guarded(() => this.processTx(p));
+    });
+  }
+
+  /** Writes pending input into RX buffers: one used entry per buffer, length = bytes written. */
+  private deliverInput(port: number): void {
+    const p = this.ports[port]!;
+    const host = this.host;
+    if (p.inCount === 0 || host === null || !p.guestOpen) return;
+    const q = host.queue(portRxQueue(port));
+    if (q === null) return;
+    const chain = this.rxChain;
+    const mem = host.memory;
+    const stats = this.stats.ports[port]!;
+    const cap = p.inBuf.byteLength;
+    let wrote = false;
+    for (;;) {
+      while (p.inCount > 0) {
+        try {
+          if (!q.next(chain)) break;
+        } catch (err) {
+          if (!this.badChain(q, chain, err)) return;
+          wrote = true;
+          continue;
+        }
+        wrote = true;
+        const room = chain.writableLength;
+        let done = 0;
+        while (done < room && p.inCount > 0) {
+          const run = Math.min(room - done, p.inCount, cap - p.inStart);
+          const n = chain.write(mem, done, p.inBuf, p.inStart, run);
+          if (n !== run) {
+            this.stats.badChains++;
+            break;
+          }
+          done += n;
+          p.inStart = (p.inStart + n) % cap;
+          p.inCount -= n;
+        }
+        q.pushUsed(chain.head, done);
+        stats.rxBytes += done;
+        stats.rxBuffers++;
+      }
+      if (wrote) {
+        q.publish();
+        wrote = false;
+      }
+      // Bytes still waiting and no buffers: ask for a kick when the driver posts more.
+      if (p.inCount === 0 || !q.armKick()) break;
+    }
+    if (p.refused && p.inCount < cap) {
+      p.refused = false;
+      this.handler.inputSpace?.(port);
+    }
+  }
+
+  // ---- control ----------------------------------------------------------------------------------
+
+  private processControlTx(): void {
+    const host = this.host;
+    const q = host?.queue(ConsoleQueue.CTRL_TX) ?? null;
+    if (q === null || host === null) return;
+    const chain = this.ctlTxChain;
+    do {
+      for (;;) {
+        try {
+          if (!q.next(chain)) break;
+        } catch (err) {
+          if (!this.badChain(q, chain, err)) return;
+          continue;
+        }
+        const head = chain.head;
+        this.stats.controlIn++;
+        if (
+          chain.readableLength >= CONSOLE_CONTROL_SIZE &&
+          chain.read(host.memory, 0, this.ctl, 0, 8) === 8
+        ) {
+          this.control(
+            this.ctlView.getUint32(0, true),
+            this.ctlView.getUint16(4, true),
+            this.ctlView.getUint16(6, true),
+          );
+        } else {
+          this.stats.controlIgnored++;
+        }
+        // Linux spins on the control transmitq: return each chain at once.
+        q.pushUsed(head, 0);
+      }
+      q.publish();
+    } while (q.armKick());
+    this.flushControl();
+  }
+
+  private control(id: number, event: number, value: number): void {
+    if (event === ConsoleEvent.DEVICE_READY) {
+      if (value !== 1) {
+        this.log.warn('guest console driver reports a failed probe (DEVICE_READY 0)');
+        return;
+      }
+      this.deviceReady = true;
+      for (let i = 0; i < this.ports.length; i++) {
+        const p = this.ports[i]!;
+        if (p.added) continue; // never PORT_ADD an existing port (spec)
+        p.added = true;
+        this.sendControl(i, ConsoleEvent.PORT_ADD, 1);
+      }
+      return;
+    }
+    const p = this.ports[id];
+    if (p === undefined || !p.added) {
+      this.stats.controlIgnored++;
+      if (this.stats.controlIgnored === 1 || this.log.debugEnabled) {
+        this.log.warn('control message for an unknown port ignored', { id, event, value });
+      }
+      return;
+    }
+    switch (event) {
+      case ConsoleEvent.PORT_READY:
+        if (value !== 1) {
+          p.ready = false;
+          this.log.warn('guest could not set up a console port', { port: id });
+          return;
+        }
+        p.ready = true;
+        if (id === 0) {
+          this.sendControl(0, ConsoleEvent.CONSOLE_PORT, 1);
+          if (this.sizeOn) this.sendResize();
+        }
+        if (p.name !== undefined) this.sendName(id, p.name);
+        if (p.hostConnected) this.sendControl(id, ConsoleEvent.PORT_OPEN, 1);
+        return;
+      case ConsoleEvent.PORT_OPEN:
+        this.setGuestOpen(id, value === 1);
+        return;
+      default:
+        this.stats.controlIgnored++;
+        if (this.log.debugEnabled)
+          this.log.debug('unknown console control event ignored', { id, event, value });
+    }
+  }
+
+  private setGuestOpen(port: number, open: boolean): void {
+    const p = this.ports[port]!;
+    if (p.guestOpen === open) return;
+    p.guestOpen = open;
+    this.handler.guestOpen?.(port, open);
+    if (open) this.deliverInput(port);
+  }
+
+  private sendResize(): void {
+    const m = controlMessage(0, ConsoleEvent.RESIZE, 0, 4);
+    const dv = new DataView(m.buffer);
+    dv.setUint16(8, this.legacyResize ? this.rows : this.cols, true);
+    dv.setUint16(10, this.legacyResize ? this.cols : this.rows, true);
+    this.queueControl(m);
+  }
+
+  private sendName(port: number, name: string): void {
+    const bytes = encodeUtf8(name);
+    const m = controlMessage(port, ConsoleEvent.PORT_NAME, 1, bytes.byteLength);
+    m.set(bytes, CONSOLE_CONTROL_SIZE);
+    this.queueControl(m);
+  }
+
+  private sendControl(port: number, event: number, value: number): void {
+    this.queueControl(controlMessage(port, event, value, 0));
+  }
+
+  private queueControl(m: Uint8Array): void {
+    if (!this.multiport) return;
+    if (this.controlQueue.length >= this.controlBacklog) {
+      this.stats.controlDropped++;
+      this.log.warn('control message dropped: the guest posts no control buffers');
+      return;
+    }
+    this.controlQueue.push(m);
+    this.guarded(() => this.flushControl());
+  }
+
+  /** Delivers queued control messages, in order, one buffer each. */
+  private flushControl(): void {
+    const host = this.host;
+    if (this.controlQueue.length === 0 || host === null) return;
+    const q = host.queue(ConsoleQueue.CTRL_RX);
+    if (q === null) return;
+    const chain = this.ctlRxChain;
+    let wrote = false;
+    for (;;) {
+      while (this.controlQueue.length > 0) {
+        try {
+          if (!q.next(chain)) break;
+        } catch (err) {
+          if (!this.badChain(q, chain, err)) return;
+          wrote = true;
+          continue;
+        }
+        wrote = true;
+        const m = this.controlQueue.shift()!;
+        if (chain.writableLength < m.byteLength) {
+          // Linux posts page-sized buffers; a shorter one cannot carry this message.
+          this.stats.controlDropped++;
+          q.pushUsed(chain.head, 0);
+          continue;
+        }
+        const n = chain.write(host.memory, 0, m, 0, m.byteLength);
+        q.pushUsed(chain.head, n === m.byteLength ? n : 0);
+        this.stats.controlOut++;
+      }
+      if (wrote) {
+        q.publish();
+        wrote = false;
+      }
+      if (this.controlQueue.length === 0 || !q.armKick()) return;
+    }
+  }
+}
+
+function controlMessage(id: number, event: number, value: number, extra: number): Uint8Array {
+  const m = new Uint8Array(CONSOLE_CONTROL_SIZE + extra);
+  const dv = new DataView(m.buffer);
+  dv.setUint32(0, id, true);
+  dv.setUint16(4, event, true);
+  dv.setUint16(6, value, true);
+  return m;
+}
+
+/** The port a data queue belongs to, or -1 for the control queues. */
+function portOfQueue(index: number): number {
+  if (index === 0 || index === 1) return 0;
+  if (index === 2 || index === 3) return -1;
+  return (index >> 1) - 1;
+}
+
+function clampU16(n: number): number {
+  return Math.max(0, Math.min(0xffff, Math.trunc(n) || 0));
+}

@@ -1,10 +1,10 @@
 /** The vhost-device-console command as a user runs it: a child process, real sockets, signals. */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, isAbsolute, join, resolve } from 'node:path';
 import { test } from 'node:test';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -87,6 +87,18 @@ test('--help, --version and --print-capabilities', () => {
   const c = runSync(['--print-capabilities', '--socket-count', 'bogus']);
   assert.equal(c.status, 0);
   assert.deepEqual(JSON.parse(c.stdout), { type: 'console' });
+});
+
+test('the shipped vhost-user description file names this daemon and a type QEMU knows', () => {
+  const file = JSON.parse(readFileSync(join(ROOT, 'contrib/vhost-user/50-vhost-device-console.json'), 'utf8'));
+  assert.equal(file.type, 'console');
+  assert.equal(typeof file.description, 'string');
+  assert.ok(isAbsolute(file.binary), 'binary must be an absolute path');
+  assert.equal(basename(file.binary), 'vhost-device-console');
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+  assert.ok(pkg.bin['vhost-device-console'], 'the binary the file names is installed by the package');
+  // The capability type the daemon prints is the file's type (QEMU's and libvirt's contract).
+  assert.equal(JSON.parse(runSync(['--print-capabilities']).stdout).type, file.type);
 });
 
 test('bad command lines exit 2 with a message', () => {

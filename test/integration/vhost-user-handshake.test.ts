@@ -135,6 +135,27 @@ describe('QEMU handshake', () => {
     assert.equal(fe.stats.unexpected, 0);
   });
 
+  test('GET_QUEUE_NUM is answered once MQ is offered, before SET_PROTOCOL_FEATURES', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe } = connect(t, paths[0]!);
+    await fe.getFeatures();
+    const offered = await fe.getProtocolFeatures();
+    assert.ok(hasFeature(offered, ProtocolFeature.MQ));
+    assert.equal(await fe.getQueueNum(), CAN_NUM_QUEUES);
+    assert.ok(can.daemon.status()[0]!.connected, 'the connection is still up');
+    // And it still works after a SET_PROTOCOL_FEATURES that leaves MQ out.
+    assert.equal(await fe.setProtocolFeatures(featureBit(ProtocolFeature.REPLY_ACK), { needReply: true }), 0);
+    assert.equal(await fe.getQueueNum({ needReply: true }), CAN_NUM_QUEUES);
+  });
+
+  test('GET_QUEUE_NUM when MQ is not offered closes the connection (there is no NACK for it)', async (t) => {
+    const { can, paths } = startTestDaemon(t, { protocolFeatures: featureBit(ProtocolFeature.REPLY_ACK) });
+    const { fe } = connect(t, paths[0]!);
+    await fe.getProtocolFeatures();
+    await assert.rejects(fe.getQueueNum(), { code: 'ERR_FRONTEND_CLOSED' });
+    await waitDisconnected(can);
+  });
+
   test('NEED_REPLY on a message without a reply body gives a u64 ack 0 (8.2 #3)', async (t) => {
     const { paths } = startTestDaemon(t);
     const { fe } = connect(t, paths[0]!);

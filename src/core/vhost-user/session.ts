@@ -316,7 +316,13 @@ export class VhostUserSession implements DeviceHost {
         this.handleSetProtocolFeatures(decodeU64(p, 'protocol features'));
         return false;
       case FrontendReq.GET_QUEUE_NUM:
-        this.requireProtocol(ProtocolFeature.MQ, 'GET_QUEUE_NUM');
+        // Answerable as soon as MQ is offered: QEMU asks right after GET_PROTOCOL_FEATURES,
+        // before SET_PROTOCOL_FEATURES has negotiated anything (vhost-user.rst, GET_QUEUE_NUM).
+        if (!hasFeature(this.offeredProtocol, ProtocolFeature.MQ))
+          throw new VhostError(
+            'ERR_VU_UNSUPPORTED',
+            'GET_QUEUE_NUM needs the MQ protocol feature (not offered)',
+          );
         this.reply(msg.request, encodeU64(this.vrings.length));
         return true;
       case FrontendReq.SET_MEM_TABLE:

@@ -71,6 +71,16 @@ export class VhostUserConnection {
     if (events & this.native.READABLE) this.readAll();
   }
 
+  /**
+   * Processes whatever the front-end already sent, its EOF included, without waiting for the
+   * watcher. Returns true when the connection is closed (now or before). The daemon calls this
+   * when a new front-end arrives on a busy socket: the old one may have closed a moment ago.
+   */
+  drain(): boolean {
+    if (!this.closed) this.readAll();
+    return this.closed;
+  }
+
   private readAll(): void {
     // Level-triggered watcher: read until EAGAIN (or until the connection closes).
     while (!this.closed) {

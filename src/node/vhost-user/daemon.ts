@@ -132,6 +132,10 @@ export class VhostUserDaemon {
         return;
       }
       if (fd === null) return;
+      // A front-end that closed and reconnected at once: its EOF may still be unread. Process what
+      // the old connection has pending first (its onClose clears l.conn); only a live one keeps
+      // the socket.
+      l.conn?.drain();
       if (l.conn !== null) {
         // One front-end per socket: a second one would fight over the same device.
         l.refused++;

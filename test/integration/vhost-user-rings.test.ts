@@ -99,6 +99,63 @@ describe('rings and guest memory', () => {
     );
   });
 
+  test('a kick fd replaced by NOFD: the ring is polled, TX runs without any kick', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    assert.equal(await drv.startController(), 0);
+    assert.equal(await fe.setVringKick(CanQueue.TX, null, { needReply: true }), 0);
+    const session = can.daemon.connection(0)!.session;
+    const kicks = session.stats.kicks;
+    // The driver still writes its kick eventfd, but the back-end no longer holds it.
+    const results = await drv.sendMany(
+      Array.from({ length: 20 }, (_, i) => ({ id: 0x100 + i, data: [i] })),
+      { timeoutMs: 1000 },
+    );
+    assert.deepEqual(results, new Array(20).fill(0));
+    assert.equal(host.frames().length, 20);
+    assert.equal(session.stats.kicks, kicks, 'no kick reached the back-end');
+  });
+
+  test('a ring started with a NOFD kick is polled: TX requests complete without any kick', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    assert.equal(await drv.startController(), 0);
+    await drv.tx.stop();
+    assert.equal(await fe.setVringKick(CanQueue.TX, null, { needReply: true }), 0);
+    assert.equal(await fe.setVringEnable(CanQueue.TX, true, { needReply: true }), 0);
+    const session = can.daemon.connection(0)!.session;
+    assert.deepEqual(session.describe().rings[CanQueue.TX], { started: true, enabled: true });
+    const kicks = session.stats.kicks;
+    // Chains made visible with publish() only: nothing is ever written to a kick fd.
+    const post = (id: number): { head: number; result: number } => {
+      const bytes = drv.encodeTx({ id, data: [id & 0xff] });
+      const gpa = drv.ram.alloc(bytes.byteLength, 8, 0);
+      const result = drv.ram.alloc(1, 1, 0);
+      drv.ram.write(gpa, bytes);
+      drv.ram.write(result, Uint8Array.of(0xee));
+      const head = drv.tx.add([{ gpa, len: bytes.byteLength }], [{ gpa: result, len: 1 }]);
+      return { head, result };
+    };
+    const posted = [1, 2, 3, 4, 5].map(post);
+    const done = posted.map((p) => drv.tx.waitFor(p.head, 1000));
+    drv.tx.publish();
+    for (const len of await Promise.all(done)) assert.equal(len, 1);
+    for (const p of posted) assert.equal(drv.ram.read(p.result, 1)[0], 0, 'result OK');
+    assert.deepEqual(
+      host.frames().map((f) => f.id),
+      [1, 2, 3, 4, 5],
+    );
+    assert.equal(session.stats.kicks, kicks);
+    // Stopping the ring stops the polling: later chains stay in the ring.
+    await drv.tx.stop();
+    const { head } = post(6);
+    drv.tx.publish();
+    await assert.rejects(drv.tx.waitFor(head, 50), { code: 'ERR_FRONTEND_TIMEOUT' });
+    assert.equal(host.frames().length, 5);
+  });
+
   test('SET_MEM_TABLE again while running re-translates and releases the old mappings (8.2 #13)', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { fe, ram, drv } = await startDriver(t, paths[0]!);

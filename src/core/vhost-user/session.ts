@@ -59,6 +59,11 @@ export interface SessionIo {
   closeFd(fd: number): void;
   /** Watches a kick eventfd: drains it and calls onKick whenever it is signalled. */
   watchKick(fd: number, onKick: () => void): { close(): void };
+  /**
+   * A ring whose SET_VRING_KICK carried the NOFD flag has no kick to wait for: the back-end polls
+   * it. Calls onPoll periodically until closed.
+   */
+  pollKick(onPoll: () => void): { close(): void };
   /** Signals a call eventfd (one 8-byte write of 1). */
   signal(fd: number): void;
   /** Writes a message on the back-end channel; returns false if it could not be written now. */
@@ -605,12 +610,10 @@ export class VhostUserSession implements DeviceHost {
     if (fd >= 0) {
       v.kickWatch = this.io.watchKick(fd, () => this.onKick(index));
     } else {
-      this.log.warn(
-        'queue has no kick fd: it is only processed on other events (polling is not implemented)',
-        {
-          queue: index,
-        },
-      );
+      // vhost-user.rst, SET_VRING_KICK: with the NOFD flag the back-end polls the ring instead of
+      // waiting for kicks.
+      this.log.info('queue has no kick fd: polling it', { queue: index });
+      v.kickWatch = this.io.pollKick(() => this.onPoll(index));
     }
     if (!v.started) this.startRing(index, v);
   }
@@ -723,6 +726,18 @@ export class VhostUserSession implements DeviceHost {
   private onKick(index: number): void {
     this.stats.kicks++;
     if (this.queue(index) === null) return;
+    this.callDevice(() => this.device.queueNotified(index));
+  }
+
+  /** A poll tick of a NOFD ring: the device hears about it only when the driver added buffers. */
+  private onPoll(index: number): void {
+    const q = this.queue(index);
+    if (q === null) return;
+    try {
+      if (q.pending() === 0) return;
+    } catch {
+      // A corrupt avail index: the device reads it too and marks itself broken.
+    }
     this.callDevice(() => this.device.queueNotified(index));
   }
 

@@ -13,6 +13,9 @@ import { type SessionIo, VhostUserSession } from '../../core/vhost-user/session.
 import { mapRegion } from '../memory/mmap-region.js';
 import type { NativeAddon, NativeWatcher } from '../native/addon.js';
 
+/** Poll period of a ring whose kick came with the NOFD flag. */
+export const KICK_POLL_MS = 1;
+
 export interface ConnectionOptions {
   native: NativeAddon;
   fd: number;
@@ -47,6 +50,7 @@ export class VhostUserConnection {
       mapRegion: (d: MemRegionDesc, fd: number) => mapRegion(n, d, fd),
       closeFd: (fd) => this.closeFd(fd),
       watchKick: (fd, onKick) => this.watchKick(fd, onKick),
+      pollKick: (onPoll) => this.pollKick(onPoll),
       signal: (fd) => this.signal(fd),
       sendToBackendChannel: (fd, bytes) => this.sendBackend(fd, bytes),
     };
@@ -188,6 +192,20 @@ export class VhostUserConnection {
     });
     w.start(n.READABLE);
     return { close: () => w.close() };
+  }
+
+  /** A NOFD kick: the ring is looked at every KICK_POLL_MS while it is started (see README). */
+  private pollKick(onPoll: () => void): { close(): void } {
+    const timer = setInterval(() => {
+      if (this.closed) return;
+      try {
+        onPoll();
+      } catch (err) {
+        this.fail(err);
+      }
+    }, KICK_POLL_MS);
+    timer.unref(); // the socket's watcher keeps the process alive, not the poll
+    return { close: () => clearInterval(timer) };
   }
 
   private signal(fd: number): void {

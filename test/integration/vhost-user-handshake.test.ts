@@ -216,14 +216,26 @@ describe('QEMU handshake', () => {
 
   test('with bit 30 rings start disabled and run only after SET_VRING_ENABLE(1) (8.2 #7)', async (t) => {
     const { can, paths } = startTestDaemon(t);
-    const { fe, drv } = await startDriver(t, paths[0]!, { skipEnable: true });
+    const { fe, ram, drv } = await startDriver(t, paths[0]!, { skipEnable: true });
     const d = can.daemon.connection(0)!.session.describe();
     assert.ok(d.rings.every((r) => r.started && !r.enabled));
-    const pending = drv.control(CanMsgType.SET_CTRL_MODE_START);
-    await sleep(100);
+    // vhost-user "Ring states": a started but disabled ring is processed without side effects, so
+    // a kicked request is returned NOT_OK and not acted on.
+    assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START, { timeoutMs: 1000 }), 1);
     assert.equal(can.device(0)!.stats.ctrlStart, 0, 'a disabled ring is not processed');
+    assert.equal(can.device(0)!.stats.ctrlDisabled, 1);
+    // A request made visible without a kick waits; enabling scans the ring.
+    const req = ram.alloc(2, 2, 0);
+    const result = ram.alloc(1, 1, 0);
+    ram.write(req, Uint8Array.of(CanMsgType.SET_CTRL_MODE_START & 0xff, CanMsgType.SET_CTRL_MODE_START >> 8));
+    const head = drv.ctrl.add([{ gpa: req, len: 2 }], [{ gpa: result, len: 1 }]);
+    const pending = drv.ctrl.waitFor(head);
+    drv.ctrl.publish();
+    await sleep(50);
+    assert.equal(can.device(0)!.stats.ctrlStart, 0);
     assert.equal(await fe.setVringEnable(2, true, { needReply: true }), 0);
-    assert.equal(await pending, 0, 'enabling scans the ring without a new kick');
+    assert.equal(await pending, 1, 'enabling scans the ring without a new kick');
+    assert.equal(ram.read(result, 1)[0], 0);
     assert.equal(can.device(0)!.controllerState, 'started');
   });
 

@@ -23,6 +23,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
       connected: s.connected,
       connections: s.connections,
       refused: s.refused,
+      acceptErrors: s.acceptErrors,
     };
     if (d !== null) {
       const st = d.stats;

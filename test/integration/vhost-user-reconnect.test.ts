@@ -3,9 +3,10 @@
 // front-end still has the socket, and a second one is refused and counted.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CAN_NUM_QUEUES } from '../../src/core/devices/can/constants.js';
 import { VhostUserFrontend } from '../../src/node/frontend/frontend.js';
-import { startTestDaemon, waitConnected } from '../helpers/vhost-user.js';
+import { startChildDaemon, startTestDaemon, waitConnected } from '../helpers/vhost-user.js';
 
 describe('reconnect', () => {
   test('close and reconnect at once, 300 times: every fresh front-end is accepted', async (t) => {
@@ -46,5 +47,44 @@ describe('reconnect', () => {
     await pending;
     assert.equal(can.daemon.status()[0]!.refused, 1);
     assert.equal(await first.getQueueNum(), CAN_NUM_QUEUES);
+  });
+
+  test('accept failing with EMFILE backs off (no busy loop, one log line) and recovers once fds are free', async (t) => {
+    const d = await startChildDaemon(t, { nofile: 256 });
+    const filled = await d.request({ cmd: 'fill-fds' });
+    assert.ok(filled.filled > 0, 'the child filled its fd table');
+    // A front-end connects: the connection waits in the listen queue, and accept fails.
+    const fe = VhostUserFrontend.connect(d.path, { timeoutMs: 10_000 });
+    t.after(() => fe.close());
+    const features = fe.getFeatures();
+    features.catch(() => {}); // awaited below; a failed assertion before must not leave it unhandled
+    await sleep(100);
+    const cpu0 = d.cpuTicks();
+    const t0 = Date.now();
+    await sleep(1500);
+    const ticks = d.cpuTicks() - cpu0;
+    const seconds = (Date.now() - t0) / 1000;
+    const during = await d.request({ cmd: 'status' });
+    t.diagnostic(
+      `${ticks} CPU ticks in ${seconds.toFixed(1)} s, ${during.status[0]!.acceptErrors} failed accepts`,
+    );
+    // A busy loop would burn a whole core (100 ticks per second) and log every turn.
+    assert.ok(ticks / seconds < 20, `${ticks} CPU ticks in ${seconds.toFixed(1)} s while accept failed`);
+    const logged = Object.entries(during.logs).filter(([m]) => m.startsWith('accept failed'));
+    assert.deepEqual(
+      logged.map(([, n]) => n),
+      [1],
+      'logged once per episode',
+    );
+    const s = during.status[0]!;
+    assert.equal(s.connected, false);
+    assert.equal(s.acceptBackoff, true);
+    // Back-off 100, 200, 400, 800, 1000 ms...: a handful of attempts, not thousands.
+    assert.ok(s.acceptErrors >= 2 && s.acceptErrors <= 10, `${s.acceptErrors} failed accepts`);
+    await d.request({ cmd: 'free-fds' });
+    await features; // accepted at the next retry (at most a second later)
+    const after = await d.request({ cmd: 'status' });
+    assert.equal(after.status[0]!.connected, true);
+    assert.equal(after.status[0]!.acceptBackoff, false);
   });
 });

@@ -3,6 +3,8 @@
 // startChildDaemon() in vhost-user.ts as `node --import tsx --expose-gc daemon-child.ts PATH`.
 import { closeSync, openSync } from 'node:fs';
 import { getHeapStatistics } from 'node:v8';
+import { makeCanFrame } from '../../src/core/bus/can-frame.js';
+import type { HubPort } from '../../src/core/bus/hub.js';
 import type { LogFields, Logger } from '../../src/core/util/log.js';
 import { startCanDaemon } from '../../src/node/can/can-daemon.js';
 
@@ -12,7 +14,9 @@ export type ChildRequest =
   | { cmd: 'gc' }
   /** Opens /dev/null until the fd table is full (EMFILE). */
   | { cmd: 'fill-fds' }
-  | { cmd: 'free-fds' };
+  | { cmd: 'free-fds' }
+  /** Puts `n` classic frames on the bus from a host port (RX traffic for the guest). */
+  | { cmd: 'inject'; n: number };
 
 export interface ChildReply {
   status: ReturnType<ReturnType<typeof startCanDaemon>['daemon']['status']>;
@@ -42,6 +46,16 @@ if (path === undefined || process.send === undefined) {
   throw new Error('usage: node --import tsx daemon-child.ts SOCKET_PATH (with an IPC channel)');
 }
 const can = startCanDaemon({ paths: [path], log });
+const host: HubPort = can.hubFor(0).attach(
+  {
+    onFramesAvailable() {
+      while (host.take() !== undefined) {
+        /* guest frames: not needed */
+      }
+    },
+  },
+  { name: 'host' },
+);
 const filler: number[] = [];
 const gc = (globalThis as { gc?: () => void }).gc;
 
@@ -68,11 +82,15 @@ process.on('message', (req: ChildRequest) => {
     case 'free-fds':
       for (const fd of filler.splice(0)) closeSync(fd);
       break;
+    case 'inject':
+      for (let i = 0; i < req.n; i++) host.transmit(makeCanFrame({ id: i & 0x7ff, data: [i & 0xff] }));
+      break;
   }
   process.send!(reply());
 });
 // The parent went away: stop (removes the socket file) and exit.
 process.on('disconnect', () => {
+  host.detach();
   can.stop();
   process.exit(0);
 });

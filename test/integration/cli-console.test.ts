@@ -90,7 +90,9 @@ test('--help, --version and --print-capabilities', () => {
 });
 
 test('the shipped vhost-user description file names this daemon and a type QEMU knows', () => {
-  const file = JSON.parse(readFileSync(join(ROOT, 'contrib/vhost-user/50-vhost-device-console.json'), 'utf8'));
+  const file = JSON.parse(
+    readFileSync(join(ROOT, 'contrib/vhost-user/50-vhost-device-console.json'), 'utf8'),
+  );
   assert.equal(file.type, 'console');
   assert.equal(typeof file.description, 'string');
   assert.ok(isAbsolute(file.binary), 'binary must be an absolute path');

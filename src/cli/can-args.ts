@@ -9,7 +9,10 @@ import type { BusSpec } from '../node/can/can-daemon.js';
 import { isLogLevel, type LogLevel } from '../node/log.js';
 
 export interface CanCliOptions {
-  socketPath: string;
+  /** Base socket path; null with --fd. */
+  socketPath: string | null;
+  /** An already-open listening vhost-user socket (--fd). */
+  fd: number | null;
   socketCount: number;
   /** One per socket. */
   buses: BusSpec[];
@@ -77,6 +80,7 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
       allowPositionals: true,
       options: {
         'socket-path': { type: 'string', short: 's' },
+        fd: { type: 'string' },
         'socket-count': { type: 'string', short: 'c' },
         'can-devices': { type: 'string', short: 'd' },
         'no-can-classic': { type: 'boolean' },
@@ -105,9 +109,19 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
   if (values.version) return { kind: 'version' };
   if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
 
-  const socketPath = values['socket-path'] as string | undefined;
-  if (socketPath === undefined || socketPath === '') {
-    return { kind: 'error', message: 'the required option --socket-path PATH is missing' };
+  const socketPath = (values['socket-path'] as string | undefined) ?? null;
+  const fdArg = values.fd as string | undefined;
+  if (socketPath !== null && fdArg !== undefined) {
+    return { kind: 'error', message: '--socket-path and --fd exclude each other' };
+  }
+  if ((socketPath === null || socketPath === '') && fdArg === undefined) {
+    return { kind: 'error', message: 'the required option --socket-path PATH (or --fd N) is missing' };
+  }
+  let fd: number | null = null;
+  if (fdArg !== undefined) {
+    const n = intOption(fdArg, 'fd', 0, 2 ** 31 - 1, 0);
+    if (typeof n === 'string') return { kind: 'error', message: n };
+    fd = n;
   }
   const count = intOption(
     values['socket-count'] as string | undefined,
@@ -117,9 +131,11 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
     1,
   );
   if (typeof count === 'string') return { kind: 'error', message: count };
+  if (fd !== null && count !== 1)
+    return { kind: 'error', message: '--fd serves one guest: --socket-count must be 1' };
   // Suffixes 0..N-1 are appended; sun_path holds 107 bytes.
   const longest = `${socketPath}${count - 1}`;
-  if (Buffer.byteLength(longest) > 107) {
+  if (socketPath !== null && Buffer.byteLength(longest) > 107) {
     return {
       kind: 'error',
       message: `socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
@@ -192,6 +208,7 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
     kind: 'run',
     options: {
       socketPath,
+      fd,
       socketCount: count,
       buses,
       defaultBus,
@@ -216,6 +233,8 @@ export const CAN_HELP = `NAME
 
 SYNOPSIS
     vhost-device-can --socket-path PATH [--socket-count N] [--can-devices "DEV ..."] [OPTIONS]
+    vhost-device-can --fd N [--can-devices DEV] [OPTIONS]
+    vhost-device-can --print-capabilities
 
 DESCRIPTION
     Serves N guests, one vhost-user Unix socket each, at PATH0 .. PATH{N-1}. Each guest gets a
@@ -228,6 +247,9 @@ DESCRIPTION
 OPTIONS
     -s, --socket-path PATH
         Base path of the vhost-user sockets; the socket index 0..N-1 is appended (PATH0, PATH1...).
+    --fd N
+        Serve one guest on an already-open listening Unix socket N (inherited from the program
+        that started the daemon) instead of --socket-path.
     -c, --socket-count N
         Number of guests (sockets), 1..${MAX_SOCKET_COUNT}. Default 1.
     -d, --can-devices "DEV ..."

@@ -40,7 +40,8 @@ function main(argv: readonly string[]): number {
   let can: ReturnType<typeof startCanDaemon>;
   try {
     can = startCanDaemon({
-      paths: socketPaths(o.socketPath, o.socketCount),
+      paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
+      ...(o.fd === null ? {} : { listenFds: [o.fd] }),
       buses: o.buses,
       features: o.features,
       eventIdx: o.eventIdx,

@@ -66,7 +66,7 @@ async function main(argv: readonly string[]): Promise<number> {
   };
   try {
     con = await startConsoleDaemon({
-      paths: o.fd !== null ? [] : socketPaths(o.socketPath!, o.socketCount),
+      paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
       ...(o.fd !== null ? { listenFds: [o.fd] } : {}),
       backend: backendOf(o, () => shutdown('escape sequence')),
       portNames: o.portNames,

@@ -6,6 +6,8 @@ import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import { test } from 'node:test';
+import { VhostUserFrontend } from '../../src/node/frontend/frontend.js';
+import { native } from '../../src/node/native/addon.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const CLI = ['--import', 'tsx', join(ROOT, 'src/cli/vhost-device-console.ts')];
@@ -181,4 +183,46 @@ test('unix backend: client sockets at UDS_PATH + index', async () => {
   } finally {
     d.child.kill('SIGKILL');
   }
+});
+
+test('--fd: serves a listening socket it was started with, and leaves its path alone', async () => {
+  const path = join(dir, 'inherited.sock');
+  const lfd = native.listenUnix(path, 4);
+  const port = await freePort(1);
+  const child = spawn(process.execPath, [...CLI, '--fd', '3', '-b', 'network', '-p', String(port)], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe', lfd],
+  });
+  native.close(lfd); // the daemon has its own copy
+  let out = '';
+  child.stdout!.on('data', (d) => {
+    out += d;
+  });
+  child.stderr!.on('data', (d) => {
+    out += d;
+  });
+  try {
+    await waitFor(() => /vhost-device-console started/.test(out));
+    assert.match(out, /listening socket=0 path=fd:3/);
+    const fe = VhostUserFrontend.connect(path, { timeoutMs: 5000 });
+    const init = await fe.init({ numQueues: 4 });
+    assert.equal(init.queueNum, 4, 'a console device with one port answers on the inherited socket');
+    fe.close();
+    child.kill('SIGTERM');
+    assert.equal(await exited(child), 0);
+    assert.ok(existsSync(path), 'an inherited socket has no path of ours to remove');
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
+
+test('--fd that is not a listening socket fails start-up with exit 1', () => {
+  const r = spawnSync(process.execPath, [...CLI, '--fd', '0', '-b', 'network'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 20_000,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /ERR_FD/);
 });

@@ -19,7 +19,7 @@ test('reference command lines parse the same way (drop-in)', () => {
   assert.equal(a.socketCount, 1);
   assert.deepEqual(a.buses, [{ kind: 'host', ifname: 'vcan0' }]);
   const b = run(['-s', '/tmp/can.sock', '-c', '2', '-d', 'vcan0 vcan1']);
-  assert.deepEqual(socketPaths(b.socketPath, b.socketCount), ['/tmp/can.sock0', '/tmp/can.sock1']);
+  assert.deepEqual(socketPaths(b.socketPath!, b.socketCount), ['/tmp/can.sock0', '/tmp/can.sock1']);
   assert.deepEqual(
     b.buses.map((x) => (x.kind === 'host' ? x.ifname : x.name)),
     ['vcan0', 'vcan1'],

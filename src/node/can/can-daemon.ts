@@ -22,6 +22,8 @@ export const DEFAULT_VIRTUAL_BUS = 'default';
 export interface CanDaemonOptions {
   /** Socket paths, one per guest (the CLI derives them as PATH0..PATH{N-1}). */
   paths: readonly string[];
+  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
+  listenFds?: readonly number[];
   /** One entry per path; default: every guest on the shared in-process bus "default". */
   buses?: readonly BusSpec[];
   features?: Partial<CanFeatureSwitches>;
@@ -61,9 +63,13 @@ const clock = batchClock();
 
 export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   const log = opts.log ?? nullLogger;
-  const buses = opts.buses ?? opts.paths.map(() => ({ kind: 'virtual', name: DEFAULT_VIRTUAL_BUS }) as const);
-  if (buses.length !== opts.paths.length) {
-    throw new CanDaemonError('ERR_BUS_COUNT', `${opts.paths.length} sockets but ${buses.length} bus entries`);
+  const listenFds = opts.listenFds ?? [];
+  const sockets = opts.paths.length + listenFds.length;
+  const buses =
+    opts.buses ??
+    Array.from({ length: sockets }, () => ({ kind: 'virtual', name: DEFAULT_VIRTUAL_BUS }) as const);
+  if (buses.length !== sockets) {
+    throw new CanDaemonError('ERR_BUS_COUNT', `${sockets} sockets but ${buses.length} bus entries`);
   }
   const hubs = opts.hubs ?? new HubRegistry({ clock });
   const ownsHubs = opts.hubs === undefined;
@@ -97,10 +103,11 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
     if (b.kind !== 'host' || hostPorts.get(b.ifname)!.fd) return opts.features;
     return { ...opts.features, fd: false };
   };
-  const devices: (CanDevice | null)[] = opts.paths.map(() => null);
+  const devices: (CanDevice | null)[] = Array.from({ length: sockets }, () => null);
   const daemon = new VhostUserDaemon({
     native: n,
     paths: opts.paths,
+    listenFds,
     log,
     ...(opts.protocolFeatures === undefined ? {} : { protocolFeatures: opts.protocolFeatures }),
     makeDevice: (index, devLog) => {

@@ -36,6 +36,8 @@ export type ConsoleBackend =
 export interface ConsoleDaemonOptions {
   /** vhost-user socket paths, one per guest. */
   paths: readonly string[];
+  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
+  listenFds?: readonly number[];
   backend: ConsoleBackend;
   /** Named ports besides the console, the same for every guest. */
   portNames?: readonly string[];
@@ -109,7 +111,8 @@ export function portAddress(
 export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<ConsoleDaemon> {
   const log = opts.log ?? nullLogger;
   const names = opts.portNames ?? [];
-  const guests = opts.paths.length;
+  const listenFds = opts.listenFds ?? [];
+  const guests = opts.paths.length + listenFds.length;
   const backend = opts.backend;
   if (backend.kind === 'nested' && (guests !== 1 || names.length > 0)) {
     throw new ConsoleDaemonError(
@@ -119,7 +122,7 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
   }
   const scrollback = opts.scrollback ?? 64 * 1024;
   let size = { cols: opts.cols ?? 80, rows: opts.rows ?? 24 };
-  const devices: (ConsoleDevice | null)[] = opts.paths.map(() => null);
+  const devices: (ConsoleDevice | null)[] = Array.from({ length: guests }, () => null);
   const endpoints: ConsolePortEndpoint[][] = [];
   const addresses: string[][] = [];
   const listeners: PortListener[] = [];
@@ -190,6 +193,7 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
     daemon = new VhostUserDaemon({
       native: opts.native ?? defaultNative,
       paths: opts.paths,
+      listenFds,
       log,
       ...(opts.protocolFeatures === undefined ? {} : { protocolFeatures: opts.protocolFeatures }),
       makeDevice: (index, devLog) => {

@@ -6,7 +6,7 @@
  * Socket paths are handled carefully: a path that exists and is not a socket is never deleted, nor
  * one that a live back-end still answers on; a stale socket file left by a crashed daemon is.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { fstatSync, lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from '../../core/util/log.js';
 import type { VirtioDevice } from '../../core/vhost-user/device.js';
 import type { NativeAddon, NativeWatcher } from '../native/addon.js';
@@ -16,6 +16,11 @@ export interface DaemonOptions {
   native: NativeAddon;
   /** Socket paths, one per guest (already suffixed). */
   paths: readonly string[];
+  /**
+   * Listening Unix sockets the daemon was started with (vhost-user back-end conventions: `--fd`),
+   * served after `paths` (their socket indices follow the paths'). Never unlinked: there is no path.
+   */
+  listenFds?: readonly number[];
   /** Creates the device for a new connection on socket `index`. */
   makeDevice: (index: number, log: Logger) => VirtioDevice;
   log: Logger;
@@ -33,7 +38,10 @@ export class DaemonError extends Error {
 
 interface Listener {
   index: number;
+  /** The socket path, or "fd:N" for an inherited socket. */
   path: string;
+  /** False for an inherited socket: nothing to unlink. */
+  ownsPath: boolean;
   fd: number;
   watcher: NativeWatcher;
   conn: VhostUserConnection | null;
@@ -103,7 +111,7 @@ export class VhostUserDaemon {
   start(): void {
     if (this.started) return;
     this.started = true;
-    const { native, log } = this.opts;
+    const { native } = this.opts;
     try {
       for (const [index, path] of this.opts.paths.entries()) {
         preparePath(native, path);
@@ -115,26 +123,60 @@ export class VhostUserDaemon {
             cause: err,
           });
         }
-        const l: Listener = {
-          index,
-          path,
-          fd,
-          conn: null,
-          connections: 0,
-          refused: 0,
-          acceptErrors: 0,
-          backoffMs: 0,
-          retryTimer: null,
-          watcher: new native.Watcher(fd, () => this.onAcceptable(l)),
-        };
-        this.listeners.push(l);
-        l.watcher.start(native.READABLE);
-        log.info('listening', { socket: index, path });
+        this.addListener(index, path, true, fd);
+      }
+      const base = this.opts.paths.length;
+      for (const [i, fd] of (this.opts.listenFds ?? []).entries()) {
+        this.adoptListener(base + i, fd);
       }
     } catch (err) {
       this.stop();
       throw err;
     }
+  }
+
+  /** An inherited listening socket: checked by accepting once (also takes a waiting front-end). */
+  private adoptListener(index: number, fd: number): void {
+    const { native } = this.opts;
+    let isSocket = false;
+    try {
+      isSocket = fstatSync(fd).isSocket();
+    } catch (err) {
+      throw new DaemonError('ERR_FD', `fd ${fd}: ${(err as Error).message}`, { cause: err });
+    }
+    if (!isSocket) throw new DaemonError('ERR_FD', `fd ${fd} is not a socket`);
+    // The watcher makes the fd non-blocking first: an inherited blocking socket must not stall us.
+    const l = this.addListener(index, `fd:${fd}`, false, fd);
+    let first: number | null;
+    try {
+      first = native.acceptUnix(fd);
+    } catch (err) {
+      throw new DaemonError('ERR_FD', `fd ${fd} is not a listening Unix socket: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    if (first !== null) this.attach(l, first);
+  }
+
+  private addListener(index: number, path: string, ownsPath: boolean, fd: number): Listener {
+    const { native, log } = this.opts;
+    const l: Listener = {
+      index,
+      path,
+      ownsPath,
+      fd,
+      conn: null,
+      connections: 0,
+      refused: 0,
+      acceptErrors: 0,
+      backoffMs: 0,
+      retryTimer: null,
+      watcher: new native.Watcher(fd, () => this.onAcceptable(l)),
+    };
+    this.listeners.push(l);
+    l.watcher.start(native.READABLE);
+    log.info('listening', { socket: index, path });
+    return l;
   }
 
   private onAcceptable(l: Listener): void {
@@ -254,6 +296,7 @@ export class VhostUserDaemon {
       } catch {
         /* already closed */
       }
+      if (!l.ownsPath) continue;
       try {
         unlinkSync(l.path);
       } catch {

@@ -426,3 +426,51 @@ test('the longest port name (255 bytes of UTF-8) arrives whole: used length 8 + 
   assert.equal(drv.portName(1), name);
   assert.equal(drv.controlEvents(ConsoleEvent.PORT_NAME)[0]!.usedLen, 8 + MAX_PORT_NAME_BYTES);
 });
+
+test('receive buffers are used only when there is input, one used entry per buffer; held buffers stop delivery', async (t) => {
+  const d = startConsoleDaemon(t);
+  const { drv } = await guest(t, d.paths[0]!, { holdRx: true, rxBuffers: 2 });
+  await drv.waitConsole();
+  const { dev, rec } = d.current();
+  await waitFor('guest open', () => (dev.isGuestOpen(0) ? true : undefined));
+  await sleep(20);
+  assert.equal(drv.rxLog.length, 0, 'no buffer comes back without input');
+  const data = pattern(10 * 1024, 3);
+  assert.equal(dev.input(0, data), data.byteLength);
+  await drv.waitUntil('two buffers', () => drv.rxLog.length === 2);
+  assert.deepEqual(
+    drv.rxLog.map((b) => b.usedLen),
+    [4096, 4096],
+  );
+  assert.equal(dev.pendingInput(0), 2048, 'the rest waits in the device');
+  assert.equal(drv.postedRx(0), 0);
+  assert.equal(drv.repostRx(0), 2);
+  const got = await drv.waitOutput(0, data.byteLength);
+  assert.ok(Buffer.from(got).equals(Buffer.from(data)));
+  assert.deepEqual(
+    drv.rxLog.map((b) => b.usedLen),
+    [4096, 4096, 2048],
+  );
+  assert.deepEqual(rec.spaces, [], 'nothing was refused');
+});
+
+test('a TX chain the device cannot walk comes back with used length 0, counted; the port keeps working', async (t) => {
+  const d = startConsoleDaemon(t);
+  const { drv } = await guest(t, d.paths[0]!);
+  await drv.waitConsole();
+  const { dev, rec } = d.current();
+  const tx = drv.queue(1);
+  const head = 0;
+  // Descriptor 0 may be in use by nothing (the TX ring is idle): point it outside guest RAM.
+  assert.equal(tx.ring.inFlight, 0);
+  tx.ring.writeDesc(head, { addr: 0x4000_0000, len: 64, flags: 0, next: 0 });
+  tx.ring.claimRaw(head);
+  tx.ring.pushAvailRaw(head);
+  const done = tx.waitFor(head);
+  tx.kick();
+  assert.equal(await done, 0);
+  assert.equal(dev.stats.badChains, 1);
+  await drv.write(0, enc('fine'));
+  assert.equal(dec(rec.bytes(0)), 'fine');
+  assert.equal(d.daemon.status()[0]!.connected, true);
+});

@@ -18,7 +18,9 @@
  * - Control sends wait for their completion (Linux spins on the control transmitq), one at a time.
  * - Writes go out in chunks of at most 32 KiB, one buffer each, each awaited (a blocking write).
  *   A generic port must be open; a blocking write waits for the host side (`force` skips that).
- * - Data buffers returned on a port nobody has open are discarded (counted), like Linux.
+ * - Data buffers returned on a port nobody has open are discarded (counted), like Linux. Other
+ *   data buffers are read at once (as if a reader were waiting) and re-posted; with `holdRx` they
+ *   are kept until repostRx(), to play a guest whose reader is slow.
  * - Without MULTIPORT a config change makes the driver re-read cols and rows from config space.
  *
  * Unlike Linux it records everything: every control message the device wrote (with its exact used

@@ -258,21 +258,33 @@ export class ConsoleDevice implements VirtioDevice {
     const p = this.ports[port];
     if (p === undefined || this.destroyed) return 0;
     const cap = p.inBuf.byteLength;
-    const n = Math.min(bytes.byteLength, cap - p.inCount);
-    let w = (p.inStart + p.inCount) % cap;
-    for (let i = 0; i < n; ) {
-      const run = Math.min(n - i, cap - w);
-      p.inBuf.set(bytes.subarray(i, i + run), w);
-      i += run;
-      w = (w + run) % cap;
+    const len = bytes.byteLength;
+    let taken = 0;
+    // Take what fits, let the guest's buffers drain it, and take more while that made room. The
+    // refusal is recorded only at the end: were it recorded first, the delivery inside this call
+    // would answer it with inputSpace() before the caller even learnt that bytes were refused.
+    while (taken < len) {
+      const n = Math.min(len - taken, cap - p.inCount);
+      if (n === 0) break;
+      let w = (p.inStart + p.inCount) % cap;
+      for (let i = taken; i < taken + n; ) {
+        const run = Math.min(taken + n - i, cap - w);
+        p.inBuf.set(bytes.subarray(i, i + run), w);
+        i += run;
+        w = (w + run) % cap;
+      }
+      p.inCount += n;
+      taken += n;
+      const held = p.inCount;
+      this.guarded(() => this.deliverInput(port));
+      if (p.inCount >= held) break; // the guest took nothing: no more room in this call
     }
-    p.inCount += n;
-    if (n < bytes.byteLength) {
+    if (taken < len) {
+      // Here the buffer is full, so a later delivery is sure to see the refusal and answer it.
       p.refused = true;
-      this.stats.ports[port]!.inputRefused += bytes.byteLength - n;
+      this.stats.ports[port]!.inputRefused += len - taken;
     }
-    if (n > 0) this.guarded(() => this.deliverInput(port));
-    return n;
+    return taken;
   }
 
   /** The host side of `port` connected or disconnected (a client): PORT_OPEN to the guest. */
@@ -509,6 +521,12 @@ export class ConsoleDevice implements VirtioDevice {
         }
         wrote = true;
         const room = chain.writableLength;
+        if (room === 0) {
+          // Nothing to write into: malformed for a receiveq (counted like a chain that cannot be walked).
+          this.stats.badChains++;
+          q.pushUsed(chain.head, 0);
+          continue;
+        }
         let done = 0;
         while (done < room && p.inCount > 0) {
           const run = Math.min(room - done, p.inCount, cap - p.inStart);

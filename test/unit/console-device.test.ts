@@ -85,6 +85,9 @@ class Harness implements DeviceHost {
         ),
     );
   }
+  disabledQueue(): SplitQueue | null {
+    return null; // every ring of this harness is enabled
+  }
   queue(i: number): SplitQueue | null {
     return this.broken ? null : (this.queues[i] ?? null);
   }

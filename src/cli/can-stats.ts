@@ -39,6 +39,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
         rxDelivered: st.rxDelivered,
         rxShortBuffer: st.rxShortBuffer,
         badChains: st.badChains,
+        txAbandoned: st.txAbandoned,
         busOff: st.busOff,
         rxDroppedOverflow: d.port.stats.rxDroppedOverflow,
         rxFiltered: d.port.stats.rxFiltered,

@@ -41,6 +41,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
         rxShortBuffer: st.rxShortBuffer,
         badChains: st.badChains,
         ctrlDisabled: st.ctrlDisabled,
+        txAbandoned: st.txAbandoned,
         busOff: st.busOff,
         rxDroppedOverflow: d.port.stats.rxDroppedOverflow,
         rxFiltered: d.port.stats.rxFiltered,

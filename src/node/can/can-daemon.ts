@@ -143,6 +143,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
           rxShortBuffer: st.rxShortBuffer,
           badChains: st.badChains,
           ctrlDisabled: st.ctrlDisabled,
+          txAbandoned: st.txAbandoned,
           busOff: st.busOff,
         });
         destroy();

@@ -98,6 +98,11 @@ export interface CanDeviceStats {
   busOff: number;
   /** Malformed chains returned with used length 0 (any queue). */
   badChains: number;
+  /**
+   * TX requests dropped without an answer in the used ring: the device was marked broken (or the
+   * connection closed) while they waited for the bus or behind one that did.
+   */
+  txAbandoned: number;
 }
 
 function zeroRejects(): Record<TxRejectReason, number> {
@@ -132,6 +137,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     ctrlDisabled: 0,
     busOff: 0,
     badChains: 0,
+    txAbandoned: 0,
   };
 
   private host: DeviceHost | null = null;
@@ -310,6 +316,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   }
 
   halt(): void {
+    this.stats.txAbandoned += this.fifoCount;
     this.fifoCount = 0;
     this.fifoToken = this.nextToken;
   }
@@ -570,6 +577,10 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private badChain(q: SplitQueue, err: unknown): boolean {
     if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
     if (this.chain.head < 0) {
+      // The ring itself is corrupt. Its used side is still usable: TX chains taken before this
+      // point are answered first (the pending ones NOT_OK), so every request the stats count as
+      // answered is in the used ring, in order, before the device stops touching the rings.
+      if (q.index === CanQueue.TX) this.cancelPendingTx();
       this.host?.markBroken(err);
       return false;
     }

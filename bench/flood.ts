@@ -1,0 +1,380 @@
+/**
+ * Host-interface flood benchmark (not a test): `npm run bench:flood [-- --runs N --frames N
+ * --only default,tuned]`.
+ *
+ * What it measures: `cangen IF -g 0 -n FRAMES` (as fast as the kernel takes them) on a vcan
+ * interface that one guest reaches through our daemon (`vhost-device-can -d IF`), the guest being
+ * the TypeScript driver emulation (CanTestDriver) with a 64-entry RX ring that takes used buffers
+ * on every interrupt and re-posts them at once with one kick, as Linux's virtio_can does from its
+ * NAPI poll. Per run: frames sent (the interface's tx_packets), read by the daemon, dropped by the
+ * kernel because the socket's receive queue was full (SO_RXQ_OVFL), dropped by the guest's
+ * backlog (rxDroppedOverflow), delivered to the guest (and how many of those while cangen was
+ * still writing), the daemon's RSS and peak RSS.
+ *
+ * Where: the host kernel has no AF_CAN, so the host part compiles a snapshot of src/ (as
+ * `npm run bench` does) into `.test-artifacts/` and re-runs this file inside the guest kit's
+ * CAN-capable kernel with scripts/guest/host-kernel-run.sh; the daemon runs that compiled CLI in
+ * its own process there. Results: a table on stdout, JSON in bench/results/flood-latest.json.
+ *
+ * Scenarios (the same command lines for every version of the daemon):
+ * - default: `-d IF` and nothing else;
+ * - tuned: `--rx-backlog 32768` and net.core.rmem_default = 8 MiB (the socket receive buffer a
+ *   socket gets when it sets none), what a user could do without a daemon option.
+ */
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CanTestDriver } from '../src/node/frontend/can-driver.js';
+import { VhostUserFrontend } from '../src/node/frontend/frontend.js';
+import { GuestRam } from '../src/node/frontend/guest-ram.js';
+import { hostKernelAvailable } from '../test/e2e/helpers/host-kernel.js';
+import { type BuildInfo, prepareBuild, REPO_ROOT } from './lib/build.js';
+import { DaemonProcess } from './lib/daemon-process.js';
+import { writeJson } from './lib/write-json.js';
+
+interface Scenario {
+  name: string;
+  what: string;
+  daemonArgs: string[];
+  /** net.core.rmem_default for the run (bytes), or null to keep the kernel's. */
+  rmemDefault: number | null;
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: 'default', what: 'default settings', daemonArgs: [], rmemDefault: null },
+  {
+    name: 'tuned',
+    what: '--rx-backlog 32768, rmem_default 8 MiB',
+    daemonArgs: ['--rx-backlog', '32768'],
+    rmemDefault: 8 << 20,
+  },
+];
+
+const IFNAME = 'vflood0';
+/** An extended identifier cangen never sends without -e: marks the end of the burst. */
+const MARKER_ID = 0x1ffffffe;
+const RING = 64;
+
+interface Args {
+  runs: number;
+  frames: number;
+  only: string[] | null;
+  inner: boolean;
+  daemon: string;
+  out: string;
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  const a: Args = { runs: 3, frames: 20_000, only: null, inner: false, daemon: '', out: '' };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!;
+    const v = argv[i + 1];
+    const num = (min: number, max: number): number => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${k} expects ${min}..${max}`);
+      i++;
+      return n;
+    };
+    if (k === '--runs') a.runs = num(1, 20);
+    else if (k === '--frames') a.frames = num(1, 1_000_000);
+    else if (k === '--only') {
+      a.only = (v ?? '').split(',').filter((s) => s !== '');
+      i++;
+    } else if (k === '--inner') a.inner = true;
+    else if (k === '--daemon') {
+      a.daemon = v ?? '';
+      i++;
+    } else if (k === '--out') {
+      a.out = v ?? '';
+      i++;
+    } else throw new Error(`unknown option ${k}`);
+  }
+  for (const n of a.only ?? []) {
+    if (!SCENARIOS.some((s) => s.name === n)) throw new Error(`--only: unknown scenario ${n}`);
+  }
+  return a;
+}
+
+const log = (s: string): void => {
+  process.stderr.write(`[bench:flood ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
+};
+
+export interface FloodRow {
+  scenario: string;
+  run: number;
+  /** tx_packets of the interface during cangen. */
+  sent: number;
+  /** Frames the daemon read from its socket (marker excluded). */
+  read: number;
+  kernelDrops: number;
+  backlogDrops: number;
+  delivered: number;
+  /** Delivered before cangen exited: the guest's ring was refilled during the burst. */
+  deliveredDuringBurst: number;
+  burstSeconds: number;
+  /** From the end of the burst until the guest had everything. */
+  drainSeconds: number;
+  rssKb: number;
+  peakRssKb: number;
+  /** The daemon's log line about its socket receive buffer, if any. */
+  rcvbufNote: string;
+}
+
+// ---- inside the CAN-capable kernel ---------------------------------------------------------------
+
+function ip(...args: string[]): void {
+  execFileSync('ip', args, { stdio: 'pipe' });
+}
+
+function txPackets(): number {
+  return Number(readFileSync(`/sys/class/net/${IFNAME}/statistics/tx_packets`, 'utf8'));
+}
+
+function run(cmd: string, args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c: ChildProcess = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr!.on('data', (d) => {
+      err += d;
+    });
+    c.once('error', reject);
+    c.once('exit', (code) => (code === 0 ? resolve(0) : reject(new Error(`${cmd} exited ${code}: ${err}`))));
+  });
+}
+
+async function floodOnce(
+  sc: Scenario,
+  runNo: number,
+  frames: number,
+  daemonEntry: string,
+): Promise<FloodRow> {
+  try {
+    ip('link', 'del', IFNAME);
+  } catch {
+    /* not there */
+  }
+  ip('link', 'add', 'dev', IFNAME, 'type', 'vcan');
+  ip('link', 'set', IFNAME, 'up');
+  const rmemPath = '/proc/sys/net/core/rmem_default';
+  const rmemBefore = readFileSync(rmemPath, 'utf8').trim();
+  if (sc.rmemDefault !== null) writeFileSync(rmemPath, `${sc.rmemDefault}\n`);
+  const build: BuildInfo = {
+    kind: 'compiled',
+    daemonArgv: [daemonEntry],
+    workerArgv: [],
+    addonModule: '',
+    note: '',
+  };
+  let d: DaemonProcess | null = null;
+  let fe: VhostUserFrontend | null = null;
+  let ram: GuestRam | null = null;
+  let stop = false;
+  try {
+    d = await DaemonProcess.start({
+      build,
+      sockets: 1,
+      args: ['-d', IFNAME, ...sc.daemonArgs],
+      label: `${sc.name}#${runNo}`,
+    });
+    fe = VhostUserFrontend.connect(d.path(0), { timeoutMs: 20_000 });
+    ram = new GuestRam({ name: 'flood-guest' });
+    const drv = await CanTestDriver.create(fe, ram, { queueSize: RING, timeoutMs: 20_000 });
+    if ((await drv.startController()) !== 0) throw new Error('SET_CTRL_MODE_START failed');
+
+    // The guest: on every RX interrupt, take the used buffers, decode them, re-post them (one kick).
+    let marker = 0;
+    let lastChange = Date.now();
+    const rxLoop = (async () => {
+      while (!stop) {
+        for (const f of drv.takeReceived()) {
+          if (f.extended && f.id === MARKER_ID) marker++;
+          lastChange = Date.now();
+        }
+        try {
+          await drv.rx.waitUsed(100);
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'ERR_FRONTEND_TIMEOUT') throw err;
+        }
+      }
+    })();
+
+    const tx0 = txPackets();
+    const t0 = performance.now();
+    await run('cangen', [IFNAME, '-g', '0', '-n', String(frames)]);
+    const t1 = performance.now();
+    const duringBurst = drv.receivedCount;
+    const sent = txPackets() - tx0;
+    // The kernel reports its drop counter with the next frame it queues for us: a marker frame.
+    await sleep(50);
+    await run('cansend', [IFNAME, `${MARKER_ID.toString(16).toUpperCase().padStart(8, '0')}#00`]);
+    const deadline = Date.now() + 120_000;
+    while (marker === 0 && Date.now() - lastChange < 3000 && Date.now() < deadline) await sleep(20);
+    const t2 = performance.now();
+    const st = await d.stats();
+    const mem = d.memory();
+    stop = true;
+    await rxLoop;
+    const host = st.hosts.find((h) => h.host === IFNAME);
+    const sock = st.sockets[0];
+    if (host === undefined || sock === undefined) throw new Error('no host/socket line in the stats dump');
+    const rcvbufNote = d.logLines().find((l) => /rcvbuf|receive buffer/i.test(l)) ?? '';
+    return {
+      scenario: sc.name,
+      run: runNo,
+      sent,
+      read: host.rxFrames - 1,
+      kernelDrops: host.rxKernelDrops,
+      backlogDrops: sock.rxDroppedOverflow,
+      delivered: drv.receivedCount - marker,
+      deliveredDuringBurst: duringBurst,
+      burstSeconds: (t1 - t0) / 1000,
+      drainSeconds: (t2 - t1) / 1000,
+      rssKb: mem.vmRss,
+      peakRssKb: mem.vmHwm,
+      rcvbufNote: rcvbufNote.slice(0, 300),
+    };
+  } finally {
+    stop = true;
+    fe?.close();
+    ram?.close();
+    await d?.stop();
+    writeFileSync(rmemPath, `${rmemBefore}\n`);
+    try {
+      ip('link', 'del', IFNAME);
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+async function inner(a: Args): Promise<void> {
+  const rows: FloodRow[] = [];
+  const scenarios = SCENARIOS.filter((s) => a.only === null || a.only.includes(s.name));
+  for (let r = 1; r <= a.runs; r++) {
+    // Interleaved (default, tuned, default, ...) so slow phases of a shared machine hit both.
+    for (const sc of scenarios) {
+      log(`${sc.name} run ${r}/${a.runs}: cangen ${IFNAME} -g 0 -n ${a.frames}`);
+      const row = await floodOnce(sc, r, a.frames, a.daemon);
+      log(
+        `  sent ${row.sent} read ${row.read} kernelDrops ${row.kernelDrops} backlogDrops ${row.backlogDrops} delivered ${row.delivered} (during burst ${row.deliveredDuringBurst}) rss ${row.rssKb} kB peak ${row.peakRssKb} kB`,
+      );
+      rows.push(row);
+    }
+  }
+  writeFileSync(a.out, JSON.stringify({ frames: a.frames, ring: RING, rows }));
+}
+
+// ---- on the host -------------------------------------------------------------------------------
+
+function range(xs: number[]): string {
+  if (xs.length === 0) return '-';
+  const lo = Math.min(...xs);
+  const hi = Math.max(...xs);
+  return lo === hi ? String(lo) : `${lo}..${hi}`;
+}
+
+function report(frames: number, rows: FloodRow[]): string {
+  const cols: [string, (r: FloodRow) => string][] = [
+    ['scenario', (r) => r.scenario],
+    ['run', (r) => String(r.run)],
+    ['sent', (r) => String(r.sent)],
+    ['read', (r) => String(r.read)],
+    ['kernel drops', (r) => String(r.kernelDrops)],
+    ['backlog drops', (r) => String(r.backlogDrops)],
+    ['delivered', (r) => String(r.delivered)],
+    ['%', (r) => ((100 * r.delivered) / Math.max(1, r.sent)).toFixed(1)],
+    ['in burst', (r) => String(r.deliveredDuringBurst)],
+    ['burst s', (r) => r.burstSeconds.toFixed(2)],
+    ['drain s', (r) => r.drainSeconds.toFixed(2)],
+    ['RSS MB', (r) => (r.rssKb / 1024).toFixed(1)],
+    ['peak MB', (r) => (r.peakRssKb / 1024).toFixed(1)],
+  ];
+  const cells = [cols.map(([h]) => h), ...rows.map((r) => cols.map(([, f]) => f(r)))];
+  const w = cols.map((_, i) => Math.max(...cells.map((c) => c[i]!.length)));
+  const lines = cells.map((c) => c.map((s, i) => s.padStart(w[i]!)).join('  '));
+  lines.splice(1, 0, w.map((n) => '-'.repeat(n)).join('  '));
+  const out = [`cangen -g 0 -n ${frames} on vcan -> daemon -> one guest (64-entry RX ring)`, ...lines, ''];
+  for (const sc of new Set(rows.map((r) => r.scenario))) {
+    const rs = rows.filter((r) => r.scenario === sc);
+    out.push(
+      `${sc}: delivered ${range(rs.map((r) => r.delivered))}, kernel drops ${range(rs.map((r) => r.kernelDrops))}, backlog drops ${range(rs.map((r) => r.backlogDrops))}, peak RSS ${range(rs.map((r) => Math.round(r.peakRssKb / 1024)))} MB`,
+    );
+    const note = rs.find((r) => r.rcvbufNote !== '')?.rcvbufNote;
+    if (note) out.push(`  daemon: ${note}`);
+  }
+  return out.join('\n');
+}
+
+async function host(a: Args, passthrough: string[]): Promise<number> {
+  const ok = hostKernelAvailable();
+  if (ok !== true) {
+    process.stdout.write(`bench:flood skipped: ${ok}\n`);
+    return 0;
+  }
+  const artifacts = join(REPO_ROOT, '.test-artifacts');
+  mkdirSync(artifacts, { recursive: true });
+  const build = await prepareBuild({ tsx: false, log, parentDir: artifacts });
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const work = join(artifacts, `flood-${stamp}`);
+  const outFile = join(work, 'artifacts', 'flood.json');
+  log(`booting the CAN-capable kernel (TCG); work dir ${work}`);
+  const r = spawnSync(
+    'bash',
+    [
+      join(REPO_ROOT, 'scripts/guest/host-kernel-run.sh'),
+      '--timeout',
+      String(300 + a.runs * 240),
+      '--work-dir',
+      work,
+      '--',
+      process.execPath,
+      '--import',
+      'tsx',
+      'bench/flood.ts',
+      '--inner',
+      '--daemon',
+      build.daemonArgv[0]!,
+      '--out',
+      outFile,
+      ...passthrough,
+    ],
+    { cwd: REPO_ROOT, stdio: ['ignore', 'inherit', 'inherit'] },
+  );
+  if (r.status !== 0 || !existsSync(outFile)) {
+    log(`the run inside the guest failed (exit ${r.status}); see ${work}`);
+    return 1;
+  }
+  const res = JSON.parse(readFileSync(outFile, 'utf8')) as { frames: number; ring: number; rows: FloodRow[] };
+  process.stdout.write(`${report(res.frames, res.rows)}\n`);
+  const results = join(REPO_ROOT, 'bench/results');
+  mkdirSync(results, { recursive: true });
+  writeJson([join(results, `flood-${stamp}.json`), join(results, 'flood-latest.json')], {
+    startedAt: stamp,
+    build: build.note,
+    ...res,
+  });
+  return 0;
+}
+
+async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  const a = parseArgs(argv);
+  if (a.inner) {
+    if (process.env.VHOST_TS_IN_GUEST !== '1') throw new Error('--inner runs inside host-kernel-run.sh only');
+    await inner(a);
+    return 0;
+  }
+  return host(
+    a,
+    argv.filter((s) => s !== '--inner'),
+  );
+}
+
+main().then(
+  (rc) => process.exit(rc),
+  (err: unknown) => {
+    process.stderr.write(`bench:flood: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

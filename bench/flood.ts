@@ -25,9 +25,13 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_pr
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { makeCanFrame } from '../src/core/bus/can-frame.js';
+import { CanHub } from '../src/core/bus/hub.js';
 import { CanTestDriver } from '../src/node/frontend/can-driver.js';
 import { VhostUserFrontend } from '../src/node/frontend/frontend.js';
 import { GuestRam } from '../src/node/frontend/guest-ram.js';
+import { native } from '../src/node/native/addon.js';
+import { CAN_RECORD_SIZE, writeRecord } from '../src/node/native/can-records.js';
 import { hostKernelAvailable } from '../test/e2e/helpers/host-kernel.js';
 import { type BuildInfo, prepareBuild, REPO_ROOT } from './lib/build.js';
 import { DaemonProcess } from './lib/daemon-process.js';
@@ -248,8 +252,55 @@ async function floodOnce(
   }
 }
 
+/**
+ * Kernel memory per queued CAN frame: a socket with a 1 MiB receive buffer that nobody reads gets
+ * classic frames until the kernel drops; the granted size divided by the frames it holds.
+ */
+function kernelBytesPerFrame(): { granted: number; held: number; perFrame: number } {
+  ip('link', 'add', 'dev', IFNAME, 'type', 'vcan');
+  ip('link', 'set', IFNAME, 'up');
+  const open = { fd: false, loopback: true, recvOwnMsgs: false, errMask: 0 };
+  const rx = native.canOpen(IFNAME, { ...open, rcvbuf: 1 << 20 });
+  const tx = native.canOpen(IFNAME, open);
+  try {
+    const granted = native.canSocketBuffers(rx).rcvbuf;
+    const buf = new Uint8Array(CAN_RECORD_SIZE * 64);
+    for (let i = 0; i < 64; i++) writeRecord(buf, i, { canId: i, len: 8, data: new Uint8Array(8) });
+    const want = Math.ceil(granted / 100);
+    for (let sent = 0; sent < want; ) {
+      const n = native.canSendBatch(tx, buf, 64);
+      if (n === 0) throw new Error('vcan refused frames');
+      sent += n;
+    }
+    const meta = new Uint32Array(2);
+    const rbuf = new Uint8Array(CAN_RECORD_SIZE * 64);
+    let held = 0;
+    for (
+      let n = native.canRecvBatch(rx, rbuf, 64, meta);
+      n !== null;
+      n = native.canRecvBatch(rx, rbuf, 64, meta)
+    ) {
+      held += n;
+    }
+    return { granted, held, perFrame: granted / held };
+  } finally {
+    native.close(rx);
+    native.close(tx);
+    ip('link', 'del', IFNAME);
+  }
+}
+
 async function inner(a: Args): Promise<void> {
   const rows: FloodRow[] = [];
+  try {
+    ip('link', 'del', IFNAME);
+  } catch {
+    /* not there */
+  }
+  const kernel = kernelBytesPerFrame();
+  log(
+    `kernel memory per queued frame: a ${kernel.granted}-byte receive buffer held ${kernel.held} classic frames (${kernel.perFrame.toFixed(0)} B each)`,
+  );
   const scenarios = SCENARIOS.filter((s) => a.only === null || a.only.includes(s.name));
   for (let r = 1; r <= a.runs; r++) {
     // Interleaved (default, tuned, default, ...) so slow phases of a shared machine hit both.
@@ -262,7 +313,7 @@ async function inner(a: Args): Promise<void> {
       rows.push(row);
     }
   }
-  writeFileSync(a.out, JSON.stringify({ frames: a.frames, ring: RING, rows }));
+  writeFileSync(a.out, JSON.stringify({ frames: a.frames, ring: RING, kernel, rows }));
 }
 
 // ---- on the host -------------------------------------------------------------------------------
@@ -306,7 +357,38 @@ function report(frames: number, rows: FloodRow[]): string {
   return out.join('\n');
 }
 
+/**
+ * What one frame waiting in a guest's backlog costs: a hub with one guest-like port (releases its
+ * frames, never drains) fills its queue of `n` frames; the JavaScript heap (pooled frame object,
+ * its payload array, the queue slot) grows by this much per frame. Needs --expose-gc.
+ */
+export function queuedFrameBytes(payload: number, n = 32768): number {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) return Number.NaN;
+  const hub = new CanHub({ name: 'mem', queueLimit: n });
+  const guest = hub.attach({ onFramesAvailable() {} }, { name: 'guest', releasesFrames: true });
+  const host = hub.attach({ onFramesAvailable() {} }, { name: 'host', queueLimit: 1 });
+  host.setReceiving(false);
+  const frame = makeCanFrame({ id: 0x123, fd: payload > 8, data: new Uint8Array(payload) });
+  gc();
+  gc();
+  const before = process.memoryUsage();
+  for (let i = 0; i < n; i++) host.transmit(frame);
+  gc();
+  gc();
+  const after = process.memoryUsage();
+  if (guest.queued !== n) throw new Error(`queued ${guest.queued} of ${n}`);
+  const bytes = after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers);
+  hub.close();
+  return bytes / n;
+}
+
 async function host(a: Args, passthrough: string[]): Promise<number> {
+  const perFrame8 = queuedFrameBytes(8);
+  const perFrame64 = queuedFrameBytes(64);
+  log(
+    `memory per frame queued for a guest: ${perFrame8.toFixed(0)} B (classic, 8 bytes), ${perFrame64.toFixed(0)} B (FD, 64 bytes)`,
+  );
   const ok = hostKernelAvailable();
   if (ok !== true) {
     process.stdout.write(`bench:flood skipped: ${ok}\n`);
@@ -345,13 +427,25 @@ async function host(a: Args, passthrough: string[]): Promise<number> {
     log(`the run inside the guest failed (exit ${r.status}); see ${work}`);
     return 1;
   }
-  const res = JSON.parse(readFileSync(outFile, 'utf8')) as { frames: number; ring: number; rows: FloodRow[] };
+  const res = JSON.parse(readFileSync(outFile, 'utf8')) as {
+    frames: number;
+    ring: number;
+    kernel: { granted: number; held: number; perFrame: number };
+    rows: FloodRow[];
+  };
   process.stdout.write(`${report(res.frames, res.rows)}\n`);
+  process.stdout.write(
+    `kernel memory per frame in a socket receive queue: ${res.kernel.perFrame.toFixed(0)} B (${res.kernel.held} classic frames in ${res.kernel.granted} B)\n`,
+  );
+  process.stdout.write(
+    `memory per frame queued for a guest (JS heap): ${perFrame8.toFixed(0)} B classic 8-byte, ${perFrame64.toFixed(0)} B FD 64-byte\n`,
+  );
   const results = join(REPO_ROOT, 'bench/results');
   mkdirSync(results, { recursive: true });
   writeJson([join(results, `flood-${stamp}.json`), join(results, 'flood-latest.json')], {
     startedAt: stamp,
     build: build.note,
+    queuedFrameBytes: { classic8: perFrame8, fd64: perFrame64 },
     ...res,
   });
   return 0;

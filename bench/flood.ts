@@ -19,7 +19,9 @@
  * Scenarios (the same command lines for every version of the daemon):
  * - default: `-d IF` and nothing else;
  * - tuned: `--rx-backlog 32768` and net.core.rmem_default = 8 MiB (the socket receive buffer a
- *   socket gets when it sets none), what a user could do without a daemon option.
+ *   socket gets when it sets none), what a user could do without a daemon option;
+ * - kernel-rcvbuf: `--socketcan-rcvbuf 0`, the kernel's default buffer (needs a daemon that has
+ *   the option; pick the others with `--only default,tuned` for an older one).
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -52,6 +54,13 @@ const SCENARIOS: Scenario[] = [
     what: '--rx-backlog 32768, rmem_default 8 MiB',
     daemonArgs: ['--rx-backlog', '32768'],
     rmemDefault: 8 << 20,
+  },
+  {
+    // Needs a daemon with --socketcan-rcvbuf: what the bounded reads and the backlog alone give.
+    name: 'kernel-rcvbuf',
+    what: '--socketcan-rcvbuf 0 (net.core.rmem_default of the kernel)',
+    daemonArgs: ['--socketcan-rcvbuf', '0'],
+    rmemDefault: null,
   },
 ];
 

@@ -282,8 +282,8 @@ OPTIONS
         busy wait there; when it is full the kernel drops them (counted: rxKernelDrops). Set with
         SO_RCVBUFFORCE when the daemon has CAP_NET_ADMIN (root), else with SO_RCVBUF, which the
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
-        its bookkeeping (about 1 KiB per queued CAN frame: 8M holds about 16,000 frames); the
-        size granted is logged at start.
+        its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
+        frames. The size granted is logged at start.
     --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.

@@ -70,8 +70,13 @@ const BATCH = 64;
  * for the whole of a flood: their RX rings are not refilled until it ends.
  */
 const READ_BATCHES_PER_WAKE = 4;
-/** Default socket receive buffer (SO_RCVBUF, bytes; the kernel doubles it for its bookkeeping). */
-export const DEFAULT_SOCKETCAN_RCVBUF = 8 << 20;
+/**
+ * Default socket receive buffer in bytes. The kernel doubles it for its bookkeeping and charges
+ * each queued CAN frame about 960 bytes (an skb), so 16 MiB (32 MiB granted) holds about 35,000
+ * frames: a flood of that size waits there while the daemon is busy instead of being dropped.
+ * Kernel memory, used only while frames wait.
+ */
+export const DEFAULT_SOCKETCAN_RCVBUF = 16 << 20;
 
 /** The addon functions this port uses (src/node/native/addon.ts). */
 export interface SocketCanNative {

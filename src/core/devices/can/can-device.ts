@@ -105,10 +105,10 @@ function zeroRejects(): Record<TxRejectReason, number> {
 }
 
 /**
- * Default backlog per guest: what a 16 MiB kernel socket buffer holds of a host-interface flood
- * (about 1 KiB of kernel memory per CAN frame), so a burst the kernel absorbed is not dropped
- * here. About 360 bytes of JavaScript heap per waiting classic frame (410 for 64-byte FD), so at
- * most about 12-13 MiB per guest, used only while the guest falls behind.
+ * Default backlog per guest: about what the host interface's default socket receive buffer holds
+ * of a flood (35,000 classic frames), so a burst the kernel absorbed is not dropped here. About
+ * 360 bytes of JavaScript heap per waiting classic frame (410 for 64-byte FD): at most about
+ * 12-13 MiB per guest, used only while the guest falls behind.
  */
 export const DEFAULT_RX_BACKLOG = 32768;
 

@@ -301,10 +301,10 @@ test('a 20,000-frame cangen burst reaches a 64-entry-ring guest with default set
   // Every frame is accounted for: read or dropped by the kernel; delivered or dropped by the backlog.
   assert.equal(host.stats.rxFrames - 1 + drops.kernel, sent, why);
   assert.equal(received + drops.backlog, host.stats.rxFrames - 1, why);
-  // More than one ring's worth was delivered while cangen was still writing: the guest's ring was
-  // refilled during the burst (reading the socket dry first starved it until the burst was over:
-  // 0 here).
-  assert.ok(duringBurst > 64, why);
+  // The guest's ring was refilled again and again while cangen was still writing. Measured (TCG,
+  // 4 runs): 320-1341 frames delivered during the burst; reading the socket dry on every wake-up
+  // instead (the old behaviour) starves the guest until the socket runs empty: 128 in 4 runs.
+  assert.ok(duringBurst > 3 * 64, why);
   // Nothing can be lost at these sizes: the burst fits the kernel buffer and the backlog.
   assert.equal(drops.backlog, 0, why);
   assert.ok(received >= 0.9 * N, why);

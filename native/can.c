@@ -304,6 +304,17 @@ static int set_int_opt(int fd, int level, int name, int value) {
 }
 
 /*
+ * SO_RCVBUFFORCE when the process may use it (CAP_NET_ADMIN: not capped by
+ * net.core.rmem_max), otherwise SO_RCVBUF (capped at rmem_max). The kernel
+ * doubles either value for its bookkeeping.
+ */
+static int set_rcvbuf(int fd, int value) {
+  if (set_int_opt(fd, SOL_SOCKET, SO_RCVBUFFORCE, value) == 0) return 0;
+  if (errno != EPERM) return -1;
+  return set_int_opt(fd, SOL_SOCKET, SO_RCVBUF, value);
+}
+
+/*
  * canOpen(ifname, opts) -> fd: a bound CAN_RAW socket (non-blocking,
  * close-on-exec). The socket is closed on every failure.
  */
@@ -342,7 +353,7 @@ static napi_value js_can_open(napi_env env, napi_callback_info info) {
                         (socklen_t)(o.nfilters * sizeof(struct can_filter))) == 0) &&
             set_int_opt(fd, SOL_SOCKET, SO_TIMESTAMPNS, 1) == 0 &&
             set_int_opt(fd, SOL_SOCKET, SO_RXQ_OVFL, 1) == 0 &&
-            (!o.has_rcvbuf || set_int_opt(fd, SOL_SOCKET, SO_RCVBUF, o.rcvbuf) == 0) &&
+            (!o.has_rcvbuf || set_rcvbuf(fd, o.rcvbuf) == 0) &&
             (!o.has_sndbuf || set_int_opt(fd, SOL_SOCKET, SO_SNDBUF, o.sndbuf) == 0);
   if (!ok) {
     return vn_throw_errno_close(env, fd, "setsockopt");
@@ -360,6 +371,31 @@ static napi_value js_can_open(napi_env env, napi_callback_info info) {
     vn_throw_napi(env, napi_generic_failure, "canOpen result");
     return NULL;
   }
+  return out;
+}
+
+/*
+ * canSocketBuffers(fd) -> { rcvbuf, sndbuf }: getsockopt SO_RCVBUF and
+ * SO_SNDBUF, the sizes the kernel uses (twice the values set).
+ */
+static napi_value js_can_socket_buffers(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!vn_get_fd(env, argv[0], "fd", &fd)) return NULL;
+  int rcv = 0, snd = 0;
+  socklen_t len = sizeof rcv;
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, &len) < 0) {
+    vn_throw_errno(env, errno, "getsockopt");
+    return NULL;
+  }
+  len = sizeof snd;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, &len) < 0) {
+    vn_throw_errno(env, errno, "getsockopt");
+    return NULL;
+  }
+  napi_value out = NULL;
+  VN_CALL(env, napi_create_object(env, &out));
+  if (!set_prop_int(env, out, "rcvbuf", rcv) || !set_prop_int(env, out, "sndbuf", snd)) return NULL;
   return out;
 }
 
@@ -553,6 +589,7 @@ bool vn_init_can(napi_env env, napi_value exports) {
       {"canOpen", NULL, js_can_open, NULL, NULL, NULL, napi_enumerable, NULL},
       {"canRecvBatch", NULL, js_can_recv_batch, NULL, NULL, NULL, napi_enumerable, NULL},
       {"canSendBatch", NULL, js_can_send_batch, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"canSocketBuffers", NULL, js_can_socket_buffers, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) {
     return false;

@@ -63,7 +63,12 @@ async function waitForAddon(ms: number, log: (s: string) => void): Promise<strin
   return p;
 }
 
-export async function prepareBuild(opts: { tsx: boolean; log: (s: string) => void }): Promise<BuildInfo> {
+export async function prepareBuild(opts: {
+  tsx: boolean;
+  log: (s: string) => void;
+  /** Parent directory of the snapshot (default: the OS temporary directory). */
+  parentDir?: string;
+}): Promise<BuildInfo> {
   if (opts.tsx) {
     await waitForAddon(120_000, opts.log);
     return {
@@ -74,7 +79,7 @@ export async function prepareBuild(opts: { tsx: boolean; log: (s: string) => voi
       note: 'TypeScript sources through tsx (--tsx)',
     };
   }
-  const tmp = mkdtempSync(join(tmpdir(), 'vdc-bench-build-'));
+  const tmp = mkdtempSync(join(opts.parentDir ?? tmpdir(), 'vdc-bench-build-'));
   trackDir(tmp);
   const out = join(tmp, 'out');
   const tsconfig = join(tmp, 'tsconfig.json');

@@ -30,6 +30,14 @@ export interface BusStatsLine {
   framesAllocated: number;
 }
 
+/** A host SocketCAN interface's counters (SocketCanStats). */
+export interface HostStatsLine {
+  host: string;
+  rxFrames: number;
+  rxKernelDrops: number;
+  txFrames: number;
+}
+
 /** The daemon's own view of its memory (process.memoryUsage, kB). */
 export interface ProcessStatsLine {
   rssKb: number;
@@ -44,6 +52,8 @@ export interface DaemonStats {
   sockets: SocketStats[];
   bus: BusStatsLine;
   process: ProcessStatsLine | null;
+  /** One line per host SocketCAN interface (none on virtual buses). */
+  hosts: HostStatsLine[];
 }
 
 export interface DaemonStartOptions {
@@ -60,6 +70,7 @@ const SETPRIV = '/usr/bin/setpriv';
 
 interface StatsWaiter {
   sockets: SocketStats[];
+  hosts: HostStatsLine[];
   process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
   resolve(s: DaemonStats): void;
@@ -142,6 +153,11 @@ export class DaemonProcess {
     return `${this.base}${i}`;
   }
 
+  /** The last 50 lines the daemon wrote to stderr. */
+  logLines(): readonly string[] {
+    return this.tail;
+  }
+
   lastLines(): string {
     return this.tail.slice(-8).join('\n');
   }
@@ -184,6 +200,13 @@ export class DaemonProcess {
         const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0 };
         w.timer = setTimeout(() => this.finishStats(w, none), 200);
       }
+    } else if (typeof o.host === 'string') {
+      this.waiter.hosts.push({
+        host: o.host,
+        rxFrames: Number(o.rxFrames ?? 0),
+        rxKernelDrops: Number(o.rxKernelDrops ?? 0),
+        txFrames: Number(o.txFrames ?? 0),
+      });
     } else if (typeof o.bus === 'string') {
       this.finishStats(this.waiter, {
         bus: o.bus,
@@ -198,7 +221,13 @@ export class DaemonProcess {
     if (this.waiter !== w) return;
     this.waiter = null;
     if (w.timer !== null) clearTimeout(w.timer);
-    w.resolve({ atNs: process.hrtime.bigint(), sockets: w.sockets, bus, process: w.process });
+    w.resolve({
+      atNs: process.hrtime.bigint(),
+      sockets: w.sockets,
+      bus,
+      process: w.process,
+      hosts: w.hosts,
+    });
   }
 
   /** The daemon's counters, through SIGUSR1 (one dump at a time). */
@@ -206,7 +235,7 @@ export class DaemonProcess {
     if (this.exited) return Promise.reject(new Error(`daemon ${this.label} is not running`));
     if (this.waiter !== null) return Promise.reject(new Error('stats() already in progress'));
     const p = new Promise<DaemonStats>((resolve, reject) => {
-      this.waiter = { sockets: [], process: null, timer: null, resolve, reject };
+      this.waiter = { sockets: [], hosts: [], process: null, timer: null, resolve, reject };
     });
     this.child.kill('SIGUSR1');
     return withTimeout(p, timeoutMs, `daemon ${this.label} SIGUSR1 stats`).catch((err: unknown) => {

@@ -4,7 +4,8 @@
  * own options. Every bad input yields a message naming the option and what is expected.
  */
 import { parseArgs } from 'node:util';
-import type { CanFeatureSwitches } from '../core/devices/can/can-device.js';
+import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
+import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import type { BusSpec } from '../node/can/can-daemon.js';
 import { isLogLevel, type LogLevel } from '../node/log.js';
 
@@ -23,6 +24,8 @@ export interface CanCliOptions {
   indirectDesc: boolean;
   maxQueueSize: number;
   rxBacklog: number;
+  /** Receive buffer of each host SocketCAN socket, bytes; 0 = the kernel's default. */
+  socketcanRcvbuf: number;
   logLevel: LogLevel;
   logFormat: 'text' | 'json';
   statsInterval: number;
@@ -70,6 +73,17 @@ function intOption(
   return n;
 }
 
+/** A byte count with an optional binary suffix (K, M, G); a message for anything else. */
+function bytesOption(v: string | undefined, name: string, max: number, dflt: number): number | string {
+  if (v === undefined) return dflt;
+  const m = /^([0-9]+)([KMG]?)$/i.exec(v);
+  if (m === null) return `--${name} expects a byte count (an integer, optionally with K, M or G), got "${v}"`;
+  const shift = { '': 0, K: 10, M: 20, G: 30 }[m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G'];
+  const n = Number(m[1]) * 2 ** shift;
+  if (n > max) return `--${name} must be at most ${max} bytes, got ${n}`;
+  return n;
+}
+
 export function parseCanArgs(argv: readonly string[]): CanCliResult {
   let values: Record<string, string | boolean | undefined>;
   let positionals: string[];
@@ -91,6 +105,7 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
         'no-indirect-desc': { type: 'boolean' },
         'max-queue-size': { type: 'string', short: 'q' },
         'rx-backlog': { type: 'string' },
+        'socketcan-rcvbuf': { type: 'string' },
         'log-level': { type: 'string' },
         'log-format': { type: 'string' },
         verbose: { type: 'boolean', short: 'v' },
@@ -182,8 +197,21 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
   if (typeof mq === 'string') return { kind: 'error', message: mq };
   if ((mq & (mq - 1)) !== 0)
     return { kind: 'error', message: `--max-queue-size must be a power of two, got ${mq}` };
-  const backlog = intOption(values['rx-backlog'] as string | undefined, 'rx-backlog', 1, 1 << 20, 1024);
+  const backlog = intOption(
+    values['rx-backlog'] as string | undefined,
+    'rx-backlog',
+    1,
+    1 << 20,
+    DEFAULT_RX_BACKLOG,
+  );
   if (typeof backlog === 'string') return { kind: 'error', message: backlog };
+  const rcvbuf = bytesOption(
+    values['socketcan-rcvbuf'] as string | undefined,
+    'socketcan-rcvbuf',
+    0x7fffffff,
+    DEFAULT_SOCKETCAN_RCVBUF,
+  );
+  if (typeof rcvbuf === 'string') return { kind: 'error', message: rcvbuf };
   const statsInterval = intOption(
     values['stats-interval'] as string | undefined,
     'stats-interval',
@@ -217,6 +245,7 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
       indirectDesc: !values['no-indirect-desc'],
       maxQueueSize: mq,
       rxBacklog: backlog,
+      socketcanRcvbuf: rcvbuf,
       logLevel,
       logFormat: lf,
       statsInterval,
@@ -269,8 +298,18 @@ OPTIONS
     -q, --max-queue-size N
         Largest virtqueue size accepted (power of two, default 1024; QEMU's default is 64).
     --rx-backlog N
-        Frames kept per guest while it has no RX buffers (default 1024); beyond it frames are
-        dropped and counted.
+        Frames kept per guest while it has no RX buffers (default ${DEFAULT_RX_BACKLOG}); beyond it frames
+        are dropped and counted (rxDroppedOverflow). A waiting frame costs about 360 bytes (410 for
+        64-byte FD frames), so the default bounds a guest that falls behind at about 12-13 MiB; it
+        holds what the default socket receive buffer absorbs of a host-interface flood.
+    --socketcan-rcvbuf BYTES
+        Receive buffer of each host SocketCAN socket (K, M, G suffixes; default ${DEFAULT_SOCKETCAN_RCVBUF >> 20}M;
+        0 = the kernel's default, net.core.rmem_default). Frames a flood brings while the daemon is
+        busy wait there; when it is full the kernel drops them (counted: rxKernelDrops). Set with
+        SO_RCVBUFFORCE when the daemon has CAP_NET_ADMIN (root), else with SO_RCVBUF, which the
+        kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
+        its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
+        frames. The size granted is logged at start.
     --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.

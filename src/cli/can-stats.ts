@@ -51,6 +51,10 @@ export function formatStats(can: CanDaemon): LogFields[] {
     }
     out.push(f);
   });
+  // Host interfaces: what was read from the kernel and what the kernel dropped before we read it.
+  for (const [ifname, port] of can.hostPorts) {
+    out.push({ host: ifname, link: port.linkState, ...port.stats });
+  }
   for (const name of can.hubs.names()) {
     const b = can.hubs.get(name).stats();
     out.push({

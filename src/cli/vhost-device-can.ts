@@ -48,6 +48,7 @@ function main(argv: readonly string[]): number {
       indirectDesc: o.indirectDesc,
       maxQueueSize: o.maxQueueSize,
       rxBacklog: o.rxBacklog,
+      socketcanRcvbuf: o.socketcanRcvbuf,
       log,
     });
   } catch (err) {

@@ -5,7 +5,7 @@
 // Rate: on a virtual bus nothing paces a sender. `-g 0.2` (about 1,300-1,700 frames/s per guest
 // under TCG: the guest's timer granularity dominates) is lossless and takes 3-4 s. Flat out
 // (`-g 0`, about 12,000 frames/s per guest) a receiving guest can be slower than the sender and
-// the daemon then drops frames beyond the receiver's backlog (--rx-backlog, 1024), counted in
+// the daemon then drops frames beyond the receiver's backlog (--rx-backlog, 32768 by default), counted in
 // rxDroppedOverflow, as a real controller overruns: the second test measures that and checks
 // that every frame is accounted for and order is still kept.
 //

@@ -186,3 +186,23 @@ test('--log-file gets every byte the guest printed, client or not', async (t) =>
   assert.equal(ep.stats.logBytes, 19);
   assert.equal(ep.stats.scrollbackDropped, 15);
 });
+
+test('a client that left a moment ago does not get the next one refused; newcomers are served in order', async (t) => {
+  const ep = new ConsolePortEndpoint({ label: 'g0 console', port: 0, scrollback: 64, log: nullLogger });
+  const l = await listen(ep);
+  t.after(() => {
+    l.stop();
+    ep.close();
+  });
+  for (let round = 0; round < 20; round++) {
+    const gone = await client(l.path);
+    gone.s.destroy(); // its close may not be read before the next two connect
+    const a = await client(l.path);
+    const b = await client(l.path);
+    await b.closed;
+    assert.match(b.data().toString(), /already has a client/, `round ${round}: the later one is refused`);
+    assert.equal(a.s.destroyed, false, `round ${round}: the earlier one is served`);
+    a.s.destroy();
+    await until('detached', () => !ep.hasClient);
+  }
+});

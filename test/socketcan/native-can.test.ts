@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { type CanOpenOptions, type NativeSystemError, native } from '../../src/node/native/addon.js';
 import {
   CAN_RECORD_DATA_OFFSET,
@@ -185,6 +186,18 @@ test('canOpen validates its options before any syscall', () => {
     assert.throws(() => native.canOpen('no-such-if0', opts as CanOpenOptions), check, JSON.stringify(opts));
   }
   assert.equal(fdCount(), before);
+});
+
+test('canSocketBuffers reports the sizes the kernel granted (any socket); a bad fd throws', () => {
+  const [a, b] = native.socketpair();
+  try {
+    const sizes = native.canSocketBuffers(a);
+    assert.ok(sizes.rcvbuf > 0 && sizes.sndbuf > 0, JSON.stringify(sizes));
+  } finally {
+    native.close(a);
+    native.close(b);
+  }
+  assert.throws(() => native.canSocketBuffers(-1), hasCode('ERR_OUT_OF_RANGE', RangeError));
 });
 
 test('canSendBatch / canRecvBatch validate their arguments before any syscall', () => {
@@ -579,6 +592,37 @@ function registerCanTests(): void {
         assert.deepEqual(ids(two, 5), [0x2ab, (CAN_EFF_FLAG | 0x1000) >>> 0]);
         assertSilent(none);
         for (const fd of [tx, one, inv, two, none]) native.close(fd);
+      });
+    });
+
+    test('rcvbuf: SO_RCVBUFFORCE goes beyond net.core.rmem_max as root; without CAP_NET_ADMIN SO_RCVBUF is capped there', () => {
+      withVcan((name) => {
+        const rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8'));
+        const want = Math.max(4 * rmemMax, 8 << 20);
+        const fd = native.canOpen(name, { ...OPEN, rcvbuf: want });
+        assert.equal(native.canSocketBuffers(fd).rcvbuf, 2 * want, 'the kernel doubles what was forced');
+        native.close(fd);
+        // The same open as an unprivileged user: SO_RCVBUFFORCE is EPERM, SO_RCVBUF is capped.
+        const addon = fileURLToPath(new URL('../../build/Release/vhost_native.node', import.meta.url));
+        const script = `const m = { exports: {} }; process.dlopen(m, ${JSON.stringify(addon)});
+          const fd = m.exports.canOpen(${JSON.stringify(name)}, { fd: false, loopback: true, recvOwnMsgs: false, errMask: 0, rcvbuf: ${want} });
+          process.stdout.write(String(m.exports.canSocketBuffers(fd).rcvbuf));`;
+        const r = spawnSync(
+          'setpriv',
+          [
+            '--reuid=65534',
+            '--regid=65534',
+            '--clear-groups',
+            '--inh-caps=-all',
+            '--bounding-set=-all',
+            process.execPath,
+            '-e',
+            script,
+          ],
+          { encoding: 'utf8', timeout: 30_000 },
+        );
+        assert.equal(r.status, 0, `${r.stderr}${r.error ?? ''}`);
+        assert.equal(Number(r.stdout), 2 * rmemMax);
       });
     });
 

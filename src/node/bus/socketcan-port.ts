@@ -21,6 +21,13 @@ import { type CanFrame, canFdDlcToLen, canFdLenToDlc } from '../../core/bus/can-
 import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/hub.js';
 import { RingQueue } from '../../core/bus/ring-queue.js';
 import type { Logger } from '../../core/util/log.js';
+import {
+  CAN_RECORD_DATA_OFFSET,
+  CAN_RECORD_MSG_FLAGS_OFFSET,
+  CAN_RECORD_SIZE,
+  CAN_RECORD_WIRE_SIZE_OFFSET,
+  HOST_LITTLE_ENDIAN,
+} from '../native/can-records.js';
 
 /** Linux SocketCAN constants (include/uapi/linux/can.h, can/raw.h, can/error.h). */
 export const LinuxCan = {
@@ -46,9 +53,30 @@ export const LinuxCan = {
   ERR_CRTL_ACTIVE: 0x40,
 } as const;
 
-/** Bytes per frame record in batch buffers (see native/can.c). */
-export const RECORD = 88;
-const BATCH = 32;
+/** Record offsets inside a batch buffer (layout: src/node/native/can-records.ts). */
+const RECORD = CAN_RECORD_SIZE;
+const OFF_LEN = 4;
+const OFF_FLAGS = 5;
+const OFF_LEN8_DLC = 7;
+const OFF_DATA = CAN_RECORD_DATA_OFFSET;
+const OFF_WIRE_SIZE = CAN_RECORD_WIRE_SIZE_OFFSET;
+const OFF_MSG_FLAGS = CAN_RECORD_MSG_FLAGS_OFFSET;
+/** Frames per recvmmsg/sendmmsg call (the addon's maximum is 64). */
+const BATCH = 64;
+/**
+ * Batches read per readiness callback. The socket is level-triggered: after this many the port
+ * returns to the event loop, which runs the guests' kicks and RX delivery, and calls it again at
+ * once if frames are still queued. Reading until the socket is empty instead starves the guests
+ * for the whole of a flood: their RX rings are not refilled until it ends.
+ */
+const READ_BATCHES_PER_WAKE = 4;
+/**
+ * Default socket receive buffer in bytes. The kernel doubles it for its bookkeeping and charges
+ * each queued CAN frame about 960 bytes (an skb), so 16 MiB (32 MiB granted) holds about 35,000
+ * frames: a flood of that size waits there while the daemon is busy instead of being dropped.
+ * Kernel memory, used only while frames wait.
+ */
+export const DEFAULT_SOCKETCAN_RCVBUF = 16 << 20;
 
 /** The addon functions this port uses (src/node/native/addon.ts). */
 export interface SocketCanNative {
@@ -57,6 +85,7 @@ export interface SocketCanNative {
     ifname: string,
     opts: { fd: boolean; loopback: boolean; recvOwnMsgs: boolean; errMask: number; rcvbuf?: number },
   ): number;
+  canSocketBuffers(fd: number): { rcvbuf: number; sndbuf: number };
   canRecvBatch(fd: number, buf: Uint8Array, maxFrames: number, meta: Uint32Array): number | null;
   canSendBatch(fd: number, buf: Uint8Array, count: number): number;
   canSupported(): boolean;
@@ -127,7 +156,11 @@ export interface SocketCanPortOptions {
   checkIntervalMs?: number;
   /** A written frame not echoed within this many ms fails NOT_OK (default 2000). */
   confirmTimeoutMs?: number;
-  /** Socket receive buffer, bytes (default: the kernel's). */
+  /**
+   * Socket receive buffer in bytes (default DEFAULT_SOCKETCAN_RCVBUF; 0 = the kernel's default,
+   * net.core.rmem_default). Set with SO_RCVBUFFORCE when the process may (CAP_NET_ADMIN), else
+   * with SO_RCVBUF, which the kernel caps at net.core.rmem_max.
+   */
   rcvbuf?: number;
 }
 
@@ -175,12 +208,14 @@ export class SocketCanPort implements BusPortHandler {
     reattached: 0,
   };
   fd = false;
+  /** The socket's receive buffer as the kernel reports it (getsockopt: twice what was set). */
+  rcvbufBytes = 0;
 
   private readonly native: SocketCanNative;
   private readonly hub: CanHub;
   private readonly log: Logger;
   private readonly confirmTimeoutMs: number;
-  private readonly rcvbuf: number | undefined;
+  private readonly rcvbuf: number;
   private sock = -1;
   private watcher: { start(events: number): void; stop(): void; close(): void } | null = null;
   private link: LinkState = 'down';
@@ -193,6 +228,22 @@ export class SocketCanPort implements BusPortHandler {
   private readonly rxBuf = new Uint8Array(RECORD * BATCH);
   private readonly rxDv = new DataView(this.rxBuf.buffer);
   private readonly meta = new Uint32Array(2);
+  /** The frame every received record is decoded into (the hub copies it on transmit). */
+  private readonly rxFrame: MutableCanFrame = {
+    id: 0,
+    extended: false,
+    rtr: false,
+    fd: false,
+    brs: false,
+    esi: false,
+    len: 0,
+    len8Dlc: 0,
+    data: EMPTY,
+    timestampNs: 0n,
+    origin: 0,
+  };
+  /** Scratch payloads by length 0..64 (the hub requires data.length === len). */
+  private readonly rxData: Uint8Array[] = Array.from({ length: 65 }, (_, n) => new Uint8Array(n));
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private retryDelay = 1;
   private readonly checkTimer: ReturnType<typeof setInterval> | null;
@@ -203,7 +254,13 @@ export class SocketCanPort implements BusPortHandler {
     this.ifname = opts.ifname;
     this.log = opts.log.child({ host: opts.ifname });
     this.confirmTimeoutMs = opts.confirmTimeoutMs ?? 2000;
-    this.rcvbuf = opts.rcvbuf;
+    this.rcvbuf = opts.rcvbuf ?? DEFAULT_SOCKETCAN_RCVBUF;
+    if (!Number.isInteger(this.rcvbuf) || this.rcvbuf < 0 || this.rcvbuf > 0x7fffffff) {
+      throw new SocketCanError(
+        'ERR_HOST_CAN_OPTION',
+        `rcvbuf must be an integer in 0..2147483647, got ${opts.rcvbuf}`,
+      );
+    }
     const info = checkHostInterface(this.native, this.ifname);
     this.fd = info.fd;
     this.port = this.hub.attach(this, {
@@ -233,8 +290,9 @@ export class SocketCanPort implements BusPortHandler {
       loopback: true, // other host applications (candump) must see guests' frames
       recvOwnMsgs: true, // our own frames come back flagged MSG_CONFIRM: the TX confirmation
       errMask: LinuxCan.ERR_MASK,
-      ...(this.rcvbuf === undefined ? {} : { rcvbuf: this.rcvbuf }),
+      ...(this.rcvbuf === 0 ? {} : { rcvbuf: this.rcvbuf }),
     });
+    this.reportRcvbuf();
     const w = new this.native.Watcher(this.sock, (status) => {
       if (status < 0) this.linkLost(`socket error ${status}`);
       else this.readAll();
@@ -243,6 +301,28 @@ export class SocketCanPort implements BusPortHandler {
     this.watcher = w;
     this.link = 'up';
     this.port.setReceiving(true);
+  }
+
+  /** Logs the receive buffer the kernel granted (once; again only if it changed on a reopen). */
+  private reportRcvbuf(): void {
+    let effective = 0;
+    try {
+      effective = this.native.canSocketBuffers(this.sock).rcvbuf;
+    } catch {
+      return;
+    }
+    if (effective === this.rcvbufBytes) return;
+    this.rcvbufBytes = effective;
+    // The kernel doubles the value set (half is for its bookkeeping) and reports the doubled size.
+    const fields = { requested: this.rcvbuf, effective };
+    if (this.rcvbuf > 0 && effective < 2 * this.rcvbuf) {
+      this.log.warn(
+        'socket receive buffer smaller than requested: capped by net.core.rmem_max (SO_RCVBUFFORCE needs CAP_NET_ADMIN); a flood from the host interface may be dropped by the kernel',
+        fields,
+      );
+    } else {
+      this.log.info('socket receive buffer', fields);
+    }
   }
 
   private closeSocket(): void {
@@ -334,17 +414,17 @@ export class SocketCanPort implements BusPortHandler {
     const dv = this.txDv;
     let id = f.extended ? (f.id | LinuxCan.EFF_FLAG) >>> 0 : f.id;
     if (f.rtr) id = (id | LinuxCan.RTR_FLAG) >>> 0;
-    dv.setUint32(o, id, true);
-    dv.setUint8(o + 4, f.len);
+    dv.setUint32(o, id, HOST_LITTLE_ENDIAN);
+    dv.setUint8(o + OFF_LEN, f.len);
     dv.setUint8(
-      o + 5,
+      o + OFF_FLAGS,
       f.fd ? LinuxCan.CANFD_FDF | (f.brs ? LinuxCan.CANFD_BRS : 0) | (f.esi ? LinuxCan.CANFD_ESI : 0) : 0,
     );
-    dv.setUint8(o + 6, 0);
-    dv.setUint8(o + 7, f.len8Dlc);
-    if (!f.rtr) this.txBuf.set(f.data, o + 8);
-    dv.setUint32(o + 72, f.fd ? LinuxCan.CANFD_MTU : LinuxCan.CAN_MTU, true);
-    dv.setUint32(o + 76, 0, true);
+    dv.setUint8(o + OFF_FLAGS + 1, 0);
+    dv.setUint8(o + OFF_LEN8_DLC, f.len8Dlc);
+    if (!f.rtr) this.txBuf.set(f.data, o + OFF_DATA);
+    dv.setUint32(o + OFF_WIRE_SIZE, f.fd ? LinuxCan.CANFD_MTU : LinuxCan.CAN_MTU, HOST_LITTLE_ENDIAN);
+    dv.setUint32(o + OFF_MSG_FLAGS, 0, HOST_LITTLE_ENDIAN);
   }
 
   private fail(f: CanFrame): void {
@@ -355,7 +435,7 @@ export class SocketCanPort implements BusPortHandler {
   // ---- host -> guests --------------------------------------------------------------------------
 
   private readAll(): void {
-    for (;;) {
+    for (let batches = 0; batches < READ_BATCHES_PER_WAKE; batches++) {
       if (this.sock < 0) return;
       let n: number | null;
       try {
@@ -367,31 +447,40 @@ export class SocketCanPort implements BusPortHandler {
       if (n === null) return;
       if (this.meta[0]! !== this.stats.rxKernelDrops) {
         if (this.stats.rxKernelDrops === 0)
-          this.log.warn('kernel dropped received frames (socket queue full)');
+          this.log.warn('kernel dropped received frames (socket queue full)', { rcvbuf: this.rcvbufBytes });
         this.stats.rxKernelDrops = this.meta[0]!;
       }
       for (let i = 0; i < n; i++) this.onRecord(i);
+      if (n < BATCH) return; // the socket is empty (or nearly): wait for the next readiness
     }
+    // Budget used up with frames still queued: the fd stays readable, so the watcher calls again
+    // after the event loop served everyone else.
   }
 
+  /**
+   * Decodes record `i` into the scratch frame and puts it on the bus. Nothing is allocated: the hub
+   * copies the frame into its own pool before `transmit` returns, so one scratch frame and one
+   * scratch payload per length serve every record.
+   */
   private onRecord(i: number): void {
     const o = i * RECORD;
     const dv = this.rxDv;
-    const canId = dv.getUint32(o, true);
-    const msgFlags = dv.getUint32(o + 76, true);
+    const canId = dv.getUint32(o, HOST_LITTLE_ENDIAN);
+    const msgFlags = dv.getUint32(o + OFF_MSG_FLAGS, HOST_LITTLE_ENDIAN);
     if (msgFlags & LinuxCan.MSG_CONFIRM) {
-      this.confirmEcho(canId, dv.getUint8(o + 4));
+      this.confirmEcho(canId, dv.getUint8(o + OFF_LEN));
       return;
     }
     if (canId & LinuxCan.ERR_FLAG) {
       this.onErrorFrame(canId, o);
       return;
     }
-    const fd = dv.getUint32(o + 72, true) === LinuxCan.CANFD_MTU;
+    const fd = dv.getUint32(o + OFF_WIRE_SIZE, HOST_LITTLE_ENDIAN) === LinuxCan.CANFD_MTU;
     const extended = (canId & LinuxCan.EFF_FLAG) !== 0;
     const rtr = !fd && (canId & LinuxCan.RTR_FLAG) !== 0;
-    let len = dv.getUint8(o + 4);
-    const flags = dv.getUint8(o + 5);
+    const kernelLen = dv.getUint8(o + OFF_LEN);
+    let len = kernelLen;
+    const flags = dv.getUint8(o + OFF_FLAGS);
     if (fd) {
       const canonical = canFdDlcToLen(canFdLenToDlc(Math.min(len, 64)));
       if (canonical !== len) {
@@ -402,25 +491,26 @@ export class SocketCanPort implements BusPortHandler {
     } else if (len > 8) {
       len = 8;
     }
-    const len8 = dv.getUint8(o + 7);
-    const data = rtr ? EMPTY : new Uint8Array(len);
+    const len8 = dv.getUint8(o + OFF_LEN8_DLC);
+    let data = EMPTY;
     if (!rtr) {
-      const kernelLen = Math.min(dv.getUint8(o + 4), len);
-      data.set(this.rxBuf.subarray(o + 8, o + 8 + kernelLen));
+      data = this.rxData[len]!;
+      const src = this.rxBuf;
+      const from = o + OFF_DATA;
+      const copy = Math.min(kernelLen, len);
+      for (let k = 0; k < copy; k++) data[k] = src[from + k]!;
+      for (let k = copy; k < len; k++) data[k] = 0;
     }
-    const frame: CanFrame = {
-      id: extended ? canId & LinuxCan.EFF_MASK : canId & LinuxCan.SFF_MASK,
-      extended,
-      rtr,
-      fd,
-      brs: fd && (flags & LinuxCan.CANFD_BRS) !== 0,
-      esi: fd && (flags & LinuxCan.CANFD_ESI) !== 0,
-      len,
-      len8Dlc: !fd && !rtr && len === 8 && len8 >= 9 && len8 <= 15 ? len8 : 0,
-      data,
-      timestampNs: 0n,
-      origin: 0,
-    };
+    const frame = this.rxFrame;
+    frame.id = extended ? canId & LinuxCan.EFF_MASK : canId & LinuxCan.SFF_MASK;
+    frame.extended = extended;
+    frame.rtr = rtr;
+    frame.fd = fd;
+    frame.brs = fd && (flags & LinuxCan.CANFD_BRS) !== 0;
+    frame.esi = fd && (flags & LinuxCan.CANFD_ESI) !== 0;
+    frame.len = len;
+    frame.len8Dlc = !fd && !rtr && len === 8 && len8 >= 9 && len8 <= 15 ? len8 : 0;
+    frame.data = data;
     this.stats.rxFrames++;
     this.port.transmit(frame);
   }
@@ -451,7 +541,7 @@ export class SocketCanPort implements BusPortHandler {
 
   private onErrorFrame(canId: number, o: number): void {
     this.stats.errorFrames++;
-    const ctrl = this.rxDv.getUint8(o + 8 + 1);
+    const ctrl = this.rxDv.getUint8(o + OFF_DATA + 1);
     let state: BusState | null = null;
     if (canId & LinuxCan.ERR_BUSOFF) {
       state = 'bus-off';
@@ -549,4 +639,7 @@ export class SocketCanPort implements BusPortHandler {
   }
 }
 
-const EMPTY = new Uint8Array(0);
+const EMPTY: Uint8Array = new Uint8Array(0);
+
+/** The RX scratch frame: a CanFrame rewritten for every record. */
+type MutableCanFrame = { -readonly [K in keyof CanFrame]: CanFrame[K] };

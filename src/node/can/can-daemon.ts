@@ -31,6 +31,11 @@ export interface CanDaemonOptions {
   indirectDesc?: boolean;
   maxQueueSize?: number;
   rxBacklog?: number;
+  /**
+   * Receive buffer of each host SocketCAN socket in bytes (default DEFAULT_SOCKETCAN_RCVBUF;
+   * 0 = the kernel's default). See SocketCanPortOptions.rcvbuf.
+   */
+  socketcanRcvbuf?: number;
   /** Existing buses to use (and share with the caller); created on demand otherwise. */
   hubs?: HubRegistry;
   log?: Logger;
@@ -89,6 +94,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
           hub: hubs.get(hubName(b)),
           ifname: b.ifname,
           log,
+          ...(opts.socketcanRcvbuf === undefined ? {} : { rcvbuf: opts.socketcanRcvbuf }),
         }),
       );
     }

@@ -50,11 +50,17 @@ async function prepareUnixPath(path: string): Promise<void> {
   unlinkSync(path);
 }
 
+/** How long a newcomer waits for a busy port's client to turn out to be gone, and how often it looks. */
+const BUSY_WAIT_MS = 200;
+const BUSY_RETRY_MS = 25;
+
 export class PortListener {
   readonly endpoint: ConsolePortEndpoint;
   readonly address: ListenAddress;
   private readonly log: Logger;
   private server: Server | null = null;
+  private readonly waiting: { s: Socket; since: number }[] = [];
+  private retry: ReturnType<typeof setTimeout> | null = null;
 
   constructor(endpoint: ConsolePortEndpoint, address: ListenAddress, log: Logger) {
     this.endpoint = endpoint;
@@ -86,6 +92,36 @@ export class PortListener {
   }
 
   private onClient(s: Socket): void {
+    s.pause();
+    this.waiting.push({ s, since: Date.now() });
+    this.serveWaiting();
+  }
+
+  /**
+   * Newcomers are served in arrival order. A busy port may only look busy: its client can be gone
+   * with the close not yet read (a client that connects right after the previous one left), so a
+   * newcomer waits up to BUSY_WAIT_MS for the port to free up before it is refused.
+   */
+  private serveWaiting(): void {
+    while (this.waiting.length > 0) {
+      const { s, since } = this.waiting[0]!;
+      if (s.destroyed) {
+        this.waiting.shift();
+        continue;
+      }
+      if (this.endpoint.hasClient && Date.now() - since < BUSY_WAIT_MS && this.server !== null) break;
+      this.waiting.shift();
+      this.admit(s);
+    }
+    if (this.waiting.length > 0 && this.retry === null) {
+      this.retry = setTimeout(() => {
+        this.retry = null;
+        this.serveWaiting();
+      }, BUSY_RETRY_MS);
+    }
+  }
+
+  private admit(s: Socket): void {
     const peer = s.remoteAddress !== undefined ? `${s.remoteAddress}:${s.remotePort}` : 'unix';
     if (!this.endpoint.attachClient(s)) {
       this.log.warn('refusing a second console client', { port: this.endpoint.label, peer });
@@ -95,13 +131,20 @@ export class PortListener {
       );
       return;
     }
+    s.resume();
     this.log.info('console client connected', { port: this.endpoint.label, peer });
-    s.once('close', () => this.log.info('console client disconnected', { port: this.endpoint.label, peer }));
+    s.once('close', () => {
+      this.log.info('console client disconnected', { port: this.endpoint.label, peer });
+      this.serveWaiting();
+    });
   }
 
   stop(): void {
     this.server?.close();
     this.server = null;
+    if (this.retry !== null) clearTimeout(this.retry);
+    this.retry = null;
+    for (const { s } of this.waiting.splice(0)) s.destroy();
     if (this.address.kind === 'unix') {
       try {
         unlinkSync(this.address.path);

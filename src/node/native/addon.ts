@@ -61,7 +61,11 @@ export interface CanOpenOptions {
    * omitted = receive everything.
    */
   filters?: readonly { id: number; mask: number }[];
-  /** SO_RCVBUF in bytes (the kernel doubles it and applies a minimum). */
+  /**
+   * Receive buffer in bytes: SO_RCVBUFFORCE when the process has CAP_NET_ADMIN (no upper limit),
+   * otherwise SO_RCVBUF (silently capped at net.core.rmem_max). The kernel doubles the value and
+   * applies a minimum; `canSocketBuffers()` tells what it granted.
+   */
   rcvbuf?: number;
   /** SO_SNDBUF in bytes (the kernel doubles it and applies a minimum). */
   sndbuf?: number;
@@ -212,12 +216,19 @@ export interface NativeAddon {
    * A CAN_RAW socket bound to `ifname` (non-blocking, close-on-exec), configured in this
    * order: CAN_RAW_FD_FRAMES (only when `opts.fd`), CAN_RAW_LOOPBACK, CAN_RAW_RECV_OWN_MSGS,
    * CAN_RAW_ERR_FILTER, CAN_RAW_FILTER (only when `opts.filters` is given), SO_TIMESTAMPNS,
-   * SO_RXQ_OVFL, SO_RCVBUF / SO_SNDBUF (only when given), then bind. The socket is closed on
+   * SO_RXQ_OVFL, SO_RCVBUFFORCE or SO_RCVBUF / SO_SNDBUF (only when given), then bind. The socket is closed on
    * any failure. Errors: EAFNOSUPPORT/EPROTONOSUPPORT (syscall 'socket') without AF_CAN,
    * ENODEV ('if_nametoindex') for a missing interface, ENODEV ('bind') for a non-CAN one,
    * 'setsockopt' for a refused option. Options are validated before any syscall.
    */
   canOpen(ifname: string, opts: CanOpenOptions): number;
+
+  /**
+   * The socket's buffer sizes as the kernel uses them (getsockopt SO_RCVBUF / SO_SNDBUF: twice
+   * the values set, at least the kernel's minimum). Works on any socket; throws EBADF/ENOTSOCK
+   * (syscall 'getsockopt').
+   */
+  canSocketBuffers(fd: number): { rcvbuf: number; sndbuf: number };
 
   /**
    * One recvmmsg(MSG_DONTWAIT) of up to `min(maxFrames, buf.byteLength / 88, 64)` frames

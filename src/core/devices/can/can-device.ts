@@ -72,7 +72,7 @@ export interface CanDeviceOptions {
   indirectDesc?: boolean;
   /** Largest queue size accepted (power of two, default 1024). */
   maxQueueSize?: number;
-  /** Frames waiting for RX buffers, per guest, before drops are counted (default 1024). */
+  /** Frames waiting for RX buffers, per guest, before drops are counted (default DEFAULT_RX_BACKLOG). */
   rxBacklog?: number;
   /** Runs `fn` soon, after the current work (setImmediate in the node layer). */
   schedule?: (fn: () => void) => void;
@@ -110,6 +110,14 @@ function zeroRejects(): Record<TxRejectReason, number> {
   for (const v of Object.values(TxReject)) r[v] = 0;
   return r;
 }
+
+/**
+ * Default backlog per guest: about what the host interface's default socket receive buffer holds
+ * of a flood (35,000 classic frames), so a burst the kernel absorbed is not dropped here. About
+ * 360 bytes of JavaScript heap per waiting classic frame (410 for 64-byte FD): at most about
+ * 12-13 MiB per guest, used only while the guest falls behind.
+ */
+export const DEFAULT_RX_BACKLOG = 32768;
 
 const PENDING = 0xff;
 /** TX chains processed per turn before yielding to other work (see processTx). */
@@ -215,7 +223,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.schedule = opts.schedule ?? ((fn) => fn());
     this.port = opts.hub.attach(this, {
       name: opts.portName,
-      queueLimit: opts.rxBacklog,
+      queueLimit: opts.rxBacklog ?? DEFAULT_RX_BACKLOG,
       accept: { classic: false, fd: false, rtr: false },
       // processRx copies each frame into guest memory at once and releases it (see there).
       releasesFrames: true,

@@ -29,6 +29,7 @@ export type CanCliResult =
   | { kind: 'run'; options: CanCliOptions }
   | { kind: 'help' }
   | { kind: 'version' }
+  | { kind: 'capabilities' }
   | { kind: 'error'; message: string };
 
 export const MAX_SOCKET_COUNT = 64;
@@ -90,6 +91,7 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
         'log-format': { type: 'string' },
         verbose: { type: 'boolean', short: 'v' },
         'stats-interval': { type: 'string' },
+        'print-capabilities': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'V' },
       },
@@ -97,6 +99,8 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
   } catch (err) {
     return { kind: 'error', message: (err as Error).message };
   }
+  // vhost-user back-end program conventions: --print-capabilities ignores every other option.
+  if (values['print-capabilities']) return { kind: 'capabilities' };
   if (values.help) return { kind: 'help' };
   if (values.version) return { kind: 'version' };
   if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
@@ -254,6 +258,10 @@ OPTIONS
         Same as --log-level debug.
     --log-format text|json
         Log lines for a terminal (default) or JSON lines. Logs go to stderr.
+    --print-capabilities
+        Print the back-end's capabilities as JSON ({"type":"can"}) and exit. No description
+        file for QEMU's vhost-user discovery is shipped for this daemon: "can" is not a type
+        in QEMU's vhost-user.json, and libvirt rejects every file when one has an unknown type.
     -h, --help      This text.
     -V, --version   The version.
 

@@ -23,6 +23,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
       connected: s.connected,
       connections: s.connections,
       refused: s.refused,
+      acceptErrors: s.acceptErrors,
     };
     if (d !== null) {
       const st = d.stats;
@@ -39,6 +40,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
         rxDelivered: st.rxDelivered,
         rxShortBuffer: st.rxShortBuffer,
         badChains: st.badChains,
+        ctrlDisabled: st.ctrlDisabled,
         busOff: st.busOff,
         rxDroppedOverflow: d.port.stats.rxDroppedOverflow,
         rxFiltered: d.port.stats.rxFiltered,

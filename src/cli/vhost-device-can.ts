@@ -24,6 +24,9 @@ function main(argv: readonly string[]): number {
     case 'version':
       process.stdout.write(`vhost-device-can ${version()}\n`);
       return 0;
+    case 'capabilities':
+      process.stdout.write(`${JSON.stringify({ type: 'can' })}\n`);
+      return 0;
     case 'error':
       process.stderr.write(`vhost-device-can: ${parsed.message}\nTry 'vhost-device-can --help'.\n`);
       return 2;

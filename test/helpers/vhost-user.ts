@@ -1,5 +1,6 @@
 // Shared plumbing for the vhost-user integration tests: an in-process CAN daemon in a fresh
 // tmpdir, front-ends connected to it, host-side bus ports, and resource counters.
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import { type CanDaemon, type CanDaemonOptions, startCanDaemon } from '../../src
 import { type CanDriverOptions, CanTestDriver } from '../../src/node/frontend/can-driver.js';
 import { VhostUserFrontend } from '../../src/node/frontend/frontend.js';
 import { GuestRam } from '../../src/node/frontend/guest-ram.js';
+import type { ChildReply, ChildRequest } from './daemon-child.js';
 
 export interface TestDaemon {
   can: CanDaemon;
@@ -157,4 +159,74 @@ export function header(request: number, flags: number, size: number): Uint8Array
   dv.setUint32(4, flags, true);
   dv.setUint32(8, size, true);
   return b;
+}
+
+export interface ChildDaemon {
+  pid: number;
+  path: string;
+  /** Sends a request over IPC and resolves with the child's reply (in order). */
+  request(req: ChildRequest): Promise<ChildReply>;
+  /** Open fds of the child (/proc/PID/fd). */
+  fds(): number;
+  /** Lines of the child's /proc/PID/maps that map memfd guest RAM. */
+  memfdMaps(): number;
+  /** Resident set size of the child in bytes (/proc/PID/status VmRSS). */
+  rss(): number;
+  /** User + system CPU time of the child in clock ticks (/proc/PID/stat). */
+  cpuTicks(): number;
+}
+
+/**
+ * Starts a CAN daemon with one socket in a child process (test/helpers/daemon-child.ts), optionally
+ * with RLIMIT_NOFILE lowered to `nofile`; killed after the test.
+ */
+export async function startChildDaemon(t: TestContext, opts: { nofile?: number } = {}): Promise<ChildDaemon> {
+  const dir = mkdtempSync(`${tmpdir()}/vhu-child-`);
+  const path = join(dir, 'can.sock0');
+  const script = new URL('./daemon-child.ts', import.meta.url).pathname;
+  const args = ['--import', 'tsx', '--expose-gc', script, path];
+  // bash sets the limit and execs node, so the pid is node's; the IPC fd survives the exec.
+  const limit = opts.nofile === undefined ? '' : `ulimit -n ${opts.nofile} && `;
+  const child: ChildProcess = spawn('bash', ['-c', `${limit}exec "$0" "$@"`, process.execPath, ...args], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  t.after(() => {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const waiting: ((r: ChildReply) => void)[] = [];
+  child.on('message', (m: ChildReply) => waiting.shift()?.(m));
+  const next = (): Promise<ChildReply> =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the daemon child did not answer')), 20_000);
+      waiting.push((r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
+    });
+  await next(); // ready
+  const pid = child.pid!;
+  const proc = (f: string): string => readFileSync(`/proc/${pid}/${f}`, 'utf8');
+  return {
+    pid,
+    path,
+    request(req) {
+      const r = next();
+      child.send(req);
+      return r;
+    },
+    fds: () => readdirSync(`/proc/${pid}/fd`).length,
+    memfdMaps: () =>
+      proc('maps')
+        .split('\n')
+        .filter((l) => l.includes('/memfd:')).length,
+    rss: () => Number(/VmRSS:\s+(\d+) kB/.exec(proc('status'))![1]) * 1024,
+    cpuTicks: () => {
+      // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
+      const f = proc('stat')
+        .slice(proc('stat').lastIndexOf(')') + 2)
+        .split(' ');
+      return Number(f[11]) + Number(f[12]);
+    },
+  };
 }

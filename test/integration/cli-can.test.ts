@@ -53,6 +53,12 @@ test('--help reads like a manual and --version prints the version', () => {
   assert.match(v.stdout, /^vhost-device-can \d+\.\d+\.\d+/);
 });
 
+test('--print-capabilities prints the type as JSON and ignores everything else', () => {
+  const c = runSync(['--print-capabilities', '-c', 'bogus']);
+  assert.equal(c.status, 0);
+  assert.deepEqual(JSON.parse(c.stdout), { type: 'can' });
+});
+
 test('bad command lines exit 2 with a message', () => {
   const r = runSync(['-s', join(dir, 'x'), '-c', '2', '-d', 'vcan0']);
   assert.equal(r.status, 2);

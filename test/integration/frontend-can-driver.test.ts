@@ -154,4 +154,48 @@ describe('CanTestDriver against the CAN daemon', () => {
     assert.equal(drv.rx.ring.inFlight, 32);
     assert.equal(can.device(0)!.stats.rxDelivered, 2000);
   });
+
+  test('sendMany when the back-end goes away mid-send: one clear rejection, no unhandled ones', async (t) => {
+    const { can, paths } = startTestDaemon(t, { sockets: 2 });
+    const { drv } = await startDriver(t, paths[0]!, { queueSize: 8 });
+    assert.equal(await drv.startController(), 0);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => {
+      unhandled.push(reason);
+    };
+    process.on('unhandledRejection', onUnhandled);
+    t.after(() => process.off('unhandledRejection', onUnhandled));
+    // The back-end closes the connection once 20 frames reached the bus, while the driver still
+    // has a full ring in flight and more frames to post.
+    let seen = 0;
+    const port = can.hubFor(0).attach(
+      {
+        onFramesAvailable() {
+          while (port.take() !== undefined) {
+            if (++seen === 20) setImmediate(() => can.daemon.connection(0)?.close('test: back-end gone'));
+          }
+        },
+      },
+      { name: 'watch' },
+    );
+    t.after(() => port.detach());
+    const frames = Array.from({ length: 400 }, (_, i) => ({ id: i & 0x7ff, data: [i & 0xff] }));
+    await assert.rejects(drv.sendMany(frames), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'ERR_FRONTEND_CLOSED');
+      assert.match(err.message, /of 400 frames completed/);
+      return true;
+    });
+    assert.ok(seen >= 20 && seen < 400, `${seen} frames reached the bus`);
+    // The same once the connection is known to be gone, with the ring empty or full.
+    await assert.rejects(drv.sendMany(frames.slice(0, 3)), { code: 'ERR_FRONTEND_CLOSED' });
+    const g1 = await startDriver(t, paths[1]!, { queueSize: 8 });
+    assert.equal(await g1.drv.startController(), 0);
+    assert.equal(await g1.drv.send(frames[0]!), 0);
+    can.daemon.connection(1)!.close('test: back-end gone');
+    await g1.fe.closed;
+    await assert.rejects(g1.drv.sendMany(frames.slice(0, 3)), { code: 'ERR_FRONTEND_CLOSED' });
+    await assert.rejects(g1.drv.send(frames[0]!), { code: 'ERR_FRONTEND_CLOSED' });
+    await sleep(100);
+    assert.deepEqual(unhandled, []);
+  });
 });

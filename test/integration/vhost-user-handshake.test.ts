@@ -135,6 +135,27 @@ describe('QEMU handshake', () => {
     assert.equal(fe.stats.unexpected, 0);
   });
 
+  test('GET_QUEUE_NUM is answered once MQ is offered, before SET_PROTOCOL_FEATURES', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe } = connect(t, paths[0]!);
+    await fe.getFeatures();
+    const offered = await fe.getProtocolFeatures();
+    assert.ok(hasFeature(offered, ProtocolFeature.MQ));
+    assert.equal(await fe.getQueueNum(), CAN_NUM_QUEUES);
+    assert.ok(can.daemon.status()[0]!.connected, 'the connection is still up');
+    // And it still works after a SET_PROTOCOL_FEATURES that leaves MQ out.
+    assert.equal(await fe.setProtocolFeatures(featureBit(ProtocolFeature.REPLY_ACK), { needReply: true }), 0);
+    assert.equal(await fe.getQueueNum({ needReply: true }), CAN_NUM_QUEUES);
+  });
+
+  test('GET_QUEUE_NUM when MQ is not offered closes the connection (there is no NACK for it)', async (t) => {
+    const { can, paths } = startTestDaemon(t, { protocolFeatures: featureBit(ProtocolFeature.REPLY_ACK) });
+    const { fe } = connect(t, paths[0]!);
+    await fe.getProtocolFeatures();
+    await assert.rejects(fe.getQueueNum(), { code: 'ERR_FRONTEND_CLOSED' });
+    await waitDisconnected(can);
+  });
+
   test('NEED_REPLY on a message without a reply body gives a u64 ack 0 (8.2 #3)', async (t) => {
     const { paths } = startTestDaemon(t);
     const { fe } = connect(t, paths[0]!);
@@ -195,14 +216,26 @@ describe('QEMU handshake', () => {
 
   test('with bit 30 rings start disabled and run only after SET_VRING_ENABLE(1) (8.2 #7)', async (t) => {
     const { can, paths } = startTestDaemon(t);
-    const { fe, drv } = await startDriver(t, paths[0]!, { skipEnable: true });
+    const { fe, ram, drv } = await startDriver(t, paths[0]!, { skipEnable: true });
     const d = can.daemon.connection(0)!.session.describe();
     assert.ok(d.rings.every((r) => r.started && !r.enabled));
-    const pending = drv.control(CanMsgType.SET_CTRL_MODE_START);
-    await sleep(100);
+    // vhost-user "Ring states": a started but disabled ring is processed without side effects, so
+    // a kicked request is returned NOT_OK and not acted on.
+    assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START, { timeoutMs: 1000 }), 1);
     assert.equal(can.device(0)!.stats.ctrlStart, 0, 'a disabled ring is not processed');
+    assert.equal(can.device(0)!.stats.ctrlDisabled, 1);
+    // A request made visible without a kick waits; enabling scans the ring.
+    const req = ram.alloc(2, 2, 0);
+    const result = ram.alloc(1, 1, 0);
+    ram.write(req, Uint8Array.of(CanMsgType.SET_CTRL_MODE_START & 0xff, CanMsgType.SET_CTRL_MODE_START >> 8));
+    const head = drv.ctrl.add([{ gpa: req, len: 2 }], [{ gpa: result, len: 1 }]);
+    const pending = drv.ctrl.waitFor(head);
+    drv.ctrl.publish();
+    await sleep(50);
+    assert.equal(can.device(0)!.stats.ctrlStart, 0);
     assert.equal(await fe.setVringEnable(2, true, { needReply: true }), 0);
-    assert.equal(await pending, 0, 'enabling scans the ring without a new kick');
+    assert.equal(await pending, 1, 'enabling scans the ring without a new kick');
+    assert.equal(ram.read(result, 1)[0], 0);
     assert.equal(can.device(0)!.controllerState, 'started');
   });
 

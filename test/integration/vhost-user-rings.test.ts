@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CanFeature, CanQueue } from '../../src/core/devices/can/constants.js';
+import { CanFeature, CanMsgType, CanQueue } from '../../src/core/devices/can/constants.js';
 import { Desc, featureMask, VirtioFeature } from '../../src/core/virtio/features.js';
 import { CAN_DRIVER_FEATURES } from '../../src/node/frontend/can-driver.js';
 import { UVA_BASE } from '../../src/node/frontend/guest-ram.js';
@@ -99,6 +99,125 @@ describe('rings and guest memory', () => {
     );
   });
 
+  test('a kick fd replaced by NOFD: the ring is polled, TX runs without any kick', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    assert.equal(await drv.startController(), 0);
+    assert.equal(await fe.setVringKick(CanQueue.TX, null, { needReply: true }), 0);
+    const session = can.daemon.connection(0)!.session;
+    const kicks = session.stats.kicks;
+    // The driver still writes its kick eventfd, but the back-end no longer holds it.
+    const results = await drv.sendMany(
+      Array.from({ length: 20 }, (_, i) => ({ id: 0x100 + i, data: [i] })),
+      { timeoutMs: 1000 },
+    );
+    assert.deepEqual(results, new Array(20).fill(0));
+    assert.equal(host.frames().length, 20);
+    assert.equal(session.stats.kicks, kicks, 'no kick reached the back-end');
+  });
+
+  test('a ring started with a NOFD kick is polled: TX requests complete without any kick', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    assert.equal(await drv.startController(), 0);
+    await drv.tx.stop();
+    assert.equal(await fe.setVringKick(CanQueue.TX, null, { needReply: true }), 0);
+    assert.equal(await fe.setVringEnable(CanQueue.TX, true, { needReply: true }), 0);
+    const session = can.daemon.connection(0)!.session;
+    assert.deepEqual(session.describe().rings[CanQueue.TX], { started: true, enabled: true });
+    const kicks = session.stats.kicks;
+    // Chains made visible with publish() only: nothing is ever written to a kick fd.
+    const post = (id: number): { head: number; result: number } => {
+      const bytes = drv.encodeTx({ id, data: [id & 0xff] });
+      const gpa = drv.ram.alloc(bytes.byteLength, 8, 0);
+      const result = drv.ram.alloc(1, 1, 0);
+      drv.ram.write(gpa, bytes);
+      drv.ram.write(result, Uint8Array.of(0xee));
+      const head = drv.tx.add([{ gpa, len: bytes.byteLength }], [{ gpa: result, len: 1 }]);
+      return { head, result };
+    };
+    const posted = [1, 2, 3, 4, 5].map(post);
+    const done = posted.map((p) => drv.tx.waitFor(p.head, 1000));
+    drv.tx.publish();
+    for (const len of await Promise.all(done)) assert.equal(len, 1);
+    for (const p of posted) assert.equal(drv.ram.read(p.result, 1)[0], 0, 'result OK');
+    assert.deepEqual(
+      host.frames().map((f) => f.id),
+      [1, 2, 3, 4, 5],
+    );
+    assert.equal(session.stats.kicks, kicks);
+    // Stopping the ring stops the polling: later chains stay in the ring.
+    await drv.tx.stop();
+    const { head } = post(6);
+    drv.tx.publish();
+    await assert.rejects(drv.tx.waitFor(head, 50), { code: 'ERR_FRONTEND_TIMEOUT' });
+    assert.equal(host.frames().length, 5);
+  });
+
+  test('a started but disabled TX ring returns frames NOT_OK and never sends them, also after re-enable', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    const dev = can.device(0)!;
+    assert.equal(await drv.startController(), 0);
+    assert.equal(await fe.setVringEnable(CanQueue.TX, false, { needReply: true }), 0);
+    const session = can.daemon.connection(0)!.session;
+    assert.deepEqual(session.describe().rings[CanQueue.TX], { started: true, enabled: false });
+    // One kick per frame: with EVENT_IDX every kick after the first is sent only if the device
+    // re-armed avail_event, so this also checks the arming.
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await drv.send({ id: 0x200 + i, data: [i] }, { timeoutMs: 1000 }), 1, `frame ${i}`);
+    }
+    assert.deepEqual(await drv.sendMany([{ id: 0x210 }, { id: 0x211 }], { timeoutMs: 1000 }), [1, 1]);
+    assert.equal(dev.stats.txRejected.disabled, 5);
+    // Chains posted without a kick are returned when the ring is disabled.
+    assert.equal(await fe.setVringEnable(CanQueue.TX, true, { needReply: true }), 0);
+    const bytes = drv.encodeTx({ id: 0x220, data: [9] });
+    const gpa = drv.ram.alloc(bytes.byteLength, 8, 0);
+    drv.ram.write(gpa, bytes);
+    const result = drv.ram.alloc(1, 1, 0);
+    const head = drv.tx.add([{ gpa, len: bytes.byteLength }], [{ gpa: result, len: 1 }]);
+    const done = drv.tx.waitFor(head, 1000);
+    drv.tx.publish();
+    assert.equal(await fe.setVringEnable(CanQueue.TX, false, { needReply: true }), 0);
+    assert.equal(await done, 1);
+    assert.equal(drv.ram.read(result, 1)[0], 1, 'NOT_OK');
+    assert.equal(dev.stats.txRejected.disabled, 6);
+    // Re-enabled: nothing stale goes out, new frames do.
+    assert.equal(await fe.setVringEnable(CanQueue.TX, true, { needReply: true }), 0);
+    assert.equal(await drv.send({ id: 0x230, data: [1] }), 0);
+    await sleep(20);
+    assert.deepEqual(
+      host.frames().map((f) => f.id),
+      [0x230],
+    );
+    assert.equal(dev.stats.txRejected.disabled, 6);
+  });
+
+  test('disabled control and RX rings: control requests NOT_OK and not acted on, RX buffers untouched', async (t) => {
+    const { can, paths } = startTestDaemon(t);
+    const { fe, drv } = await startDriver(t, paths[0]!);
+    const host = hostPort(t, can.hubFor(0));
+    const dev = can.device(0)!;
+    assert.equal(await fe.setVringEnable(CanQueue.CTRL, false, { needReply: true }), 0);
+    assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START, { timeoutMs: 1000 }), 1);
+    assert.equal(dev.controllerState, 'stopped', 'START on a disabled ring is not acted on');
+    assert.equal(dev.stats.ctrlDisabled, 1);
+    assert.equal(await fe.setVringEnable(CanQueue.CTRL, true, { needReply: true }), 0);
+    assert.equal(await drv.startController(), 0);
+    assert.equal(dev.controllerState, 'started');
+
+    assert.equal(await fe.setVringEnable(CanQueue.RX, false, { needReply: true }), 0);
+    const used = drv.rx.ring.usedIdx;
+    host.transmit(frame(0x42, [1]));
+    drv.rx.notify();
+    await sleep(30);
+    assert.equal(drv.rx.ring.usedIdx, used, 'no RX buffer was used');
+    assert.equal(drv.received().length, 0);
+  });
+
   test('SET_MEM_TABLE again while running re-translates and releases the old mappings (8.2 #13)', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { fe, ram, drv } = await startDriver(t, paths[0]!);
@@ -153,11 +272,16 @@ describe('rings and guest memory', () => {
       [0, 0, 0],
     );
     assert.equal(host.frames().length, 5, 'the chain posted while stopped was not transmitted');
-    // Resume (8.2 #9): the chain at index 5 and the frame that waited are processed.
+    // Resume (8.2 #9): the chain at index 5 is taken, but returned NOT_OK: rings restart disabled
+    // (SET_VRING_KICK comes before SET_VRING_ENABLE), and a started but disabled TX ring discards
+    // what it holds (vhost-user "Ring states"). The frame that waited on the bus is delivered.
     const completed = drv.tx.waitFor(head);
     await drv.restart(bases);
     assert.equal(await completed, 1);
-    assert.equal(ram.read(result, 1)[0], 0);
+    assert.equal(ram.read(result, 1)[0], 1);
+    assert.equal(can.device(0)!.stats.txRejected.disabled, 1);
+    assert.equal(host.frames().length, 5);
+    assert.equal(await drv.send({ id: 0x43, data: [2] }), 0, 'the resumed ring transmits');
     assert.equal(host.frames().length, 6);
     const [rx] = await drv.waitFrames(1);
     assert.equal(rx!.id, 0x77, 'a frame that arrived during the pause is delivered after resume');
@@ -177,11 +301,14 @@ describe('rings and guest memory', () => {
       return { head: drv.tx.add([{ gpa: buf, len: 17 }], [{ gpa: result, len: 1 }]), result };
     };
     const a = mk(0xa);
-    const b = mk(0xb);
     drv.tx.publish();
-    // Skip chain A: the device must start at avail index base + 1.
+    // Skip chain A: the device must start at avail index base + 1. (B is posted after the restart:
+    // a chain waiting in the ring while it restarts disabled would be discarded.)
     await drv.restart([bases[0]! + 1, bases[1]!, bases[2]!]);
-    const len = await drv.tx.waitFor(b.head);
+    const b = mk(0xb);
+    const done = drv.tx.waitFor(b.head);
+    drv.tx.kick();
+    const len = await done;
     assert.equal(len, 1);
     assert.equal(ram.read(b.result, 1)[0], 0);
     assert.equal(ram.read(a.result, 1)[0], 0xee, 'chain A was skipped');

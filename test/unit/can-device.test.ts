@@ -54,6 +54,9 @@ class Harness implements DeviceHost {
   queue(i: number): SplitQueue | null {
     return this.broken ? null : (this.queues[i] ?? null);
   }
+  disabledQueue(): SplitQueue | null {
+    return null;
+  }
   notifyConfigChange(): boolean {
     this.configChanges++;
     return true;

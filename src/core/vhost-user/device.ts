@@ -35,6 +35,14 @@ export interface VirtioDevice {
   queueStopping(index: number): void;
   /** The driver kicked queue `index`. */
   queueNotified(index: number): void;
+  /**
+   * Queue `index` is started but disabled (vhost-user.rst "Ring states"): process it without side
+   * effects. Take what the driver made available and return it failed, acting on none of it (a
+   * network device discards TX and supplies no RX); re-arm kicks (EVENT_IDX) so later ones come.
+   * Called on kicks of such a ring, when a started ring is disabled and when a ring starts
+   * disabled. Without this hook such a ring is left alone until it is enabled.
+   */
+  queueDiscard?(index: number): void;
   /** Drop every in-flight chain without touching guest memory (the device was marked broken). */
   halt(): void;
   /** Back to the power-on state (guest reset / RESET_DEVICE). Queues are all stopped when called. */
@@ -46,6 +54,8 @@ export interface VirtioDevice {
 export interface DeviceHost {
   /** The queue when it is started, enabled and the device is not broken; otherwise null. */
   queue(index: number): SplitQueue | null;
+  /** The queue when it is started but disabled and the device is not broken (for queueDiscard). */
+  disabledQueue(index: number): SplitQueue | null;
   /** Current guest memory (replaced when the front-end sends a new table). */
   readonly memory: GuestMemory;
   /** Driver-acked virtio features (0 before SET_FEATURES). */

@@ -10,7 +10,8 @@
  * Ring states (reference.md 4.5): started/stopped and enabled/disabled are independent. A ring is
  * started by SET_VRING_KICK and stopped by GET_VRING_BASE; it is enabled by SET_VRING_ENABLE(1), or
  * by SET_FEATURES when bit 30 was not negotiated. The device may process a ring only while it is
- * started and enabled. With every ring stopped the device is suspended: no guest-memory writes, no
+ * started and enabled; a started but disabled ring is processed without side effects (the device's
+ * queueDiscard: what the driver posts is returned failed). With every ring stopped the device is suspended: no guest-memory writes, no
  * interrupts and no back-end messages (the config-change notification is deferred).
  */
 import { GuestMemory, type MappedRegion, validateRegionInfo } from '../memory/guest-memory.js';
@@ -59,6 +60,11 @@ export interface SessionIo {
   closeFd(fd: number): void;
   /** Watches a kick eventfd: drains it and calls onKick whenever it is signalled. */
   watchKick(fd: number, onKick: () => void): { close(): void };
+  /**
+   * A ring whose SET_VRING_KICK carried the NOFD flag has no kick to wait for: the back-end polls
+   * it. Calls onPoll periodically until closed.
+   */
+  pollKick(onPoll: () => void): { close(): void };
   /** Signals a call eventfd (one 8-byte write of 1). */
   signal(fd: number): void;
   /** Writes a message on the back-end channel; returns false if it could not be written now. */
@@ -175,6 +181,12 @@ export class VhostUserSession implements DeviceHost {
   queue(index: number): SplitQueue | null {
     const v = this.vrings[index];
     if (v === undefined || !v.active || this.brokenBy !== null) return null;
+    return v.queue;
+  }
+
+  disabledQueue(index: number): SplitQueue | null {
+    const v = this.vrings[index];
+    if (v === undefined || !v.started || v.enabled || this.brokenBy !== null) return null;
     return v.queue;
   }
 
@@ -316,7 +328,13 @@ export class VhostUserSession implements DeviceHost {
         this.handleSetProtocolFeatures(decodeU64(p, 'protocol features'));
         return false;
       case FrontendReq.GET_QUEUE_NUM:
-        this.requireProtocol(ProtocolFeature.MQ, 'GET_QUEUE_NUM');
+        // Answerable as soon as MQ is offered: QEMU asks right after GET_PROTOCOL_FEATURES,
+        // before SET_PROTOCOL_FEATURES has negotiated anything (vhost-user.rst, GET_QUEUE_NUM).
+        if (!hasFeature(this.offeredProtocol, ProtocolFeature.MQ))
+          throw new VhostError(
+            'ERR_VU_UNSUPPORTED',
+            'GET_QUEUE_NUM needs the MQ protocol feature (not offered)',
+          );
         this.reply(msg.request, encodeU64(this.vrings.length));
         return true;
       case FrontendReq.SET_MEM_TABLE:
@@ -599,12 +617,10 @@ export class VhostUserSession implements DeviceHost {
     if (fd >= 0) {
       v.kickWatch = this.io.watchKick(fd, () => this.onKick(index));
     } else {
-      this.log.warn(
-        'queue has no kick fd: it is only processed on other events (polling is not implemented)',
-        {
-          queue: index,
-        },
-      );
+      // vhost-user.rst, SET_VRING_KICK: with the NOFD flag the back-end polls the ring instead of
+      // waiting for kicks.
+      this.log.info('queue has no kick fd: polling it', { queue: index });
+      v.kickWatch = this.io.pollKick(() => this.onPoll(index));
     }
     if (!v.started) this.startRing(index, v);
   }
@@ -636,6 +652,7 @@ export class VhostUserSession implements DeviceHost {
     v.queue = q;
     v.started = true;
     this.refreshActive(index);
+    if (!v.enabled) this.discard(index);
     if (this.configChangePending && !this.suspended()) {
       this.configChangePending = false;
       this.sendConfigChange();
@@ -670,6 +687,7 @@ export class VhostUserSession implements DeviceHost {
     if (!on) this.deactivate(s.index);
     v.enabled = on;
     this.refreshActive(s.index);
+    if (!on) this.discard(s.index);
   }
 
   /** Tells the device when a ring becomes processable. */
@@ -716,8 +734,28 @@ export class VhostUserSession implements DeviceHost {
 
   private onKick(index: number): void {
     this.stats.kicks++;
-    if (this.queue(index) === null) return;
-    this.callDevice(() => this.device.queueNotified(index));
+    if (this.queue(index) === null) this.discard(index);
+    else this.callDevice(() => this.device.queueNotified(index));
+  }
+
+  /** A started but disabled ring: the device consumes it without side effects (see the header). */
+  private discard(index: number): void {
+    if (this.device.queueDiscard === undefined || this.disabledQueue(index) === null) return;
+    this.callDevice(() => this.device.queueDiscard!(index));
+  }
+
+  /** A poll tick of a NOFD ring: the device hears about it only when the driver added buffers. */
+  private onPoll(index: number): void {
+    const active = this.queue(index);
+    const q = active ?? this.disabledQueue(index);
+    if (q === null) return;
+    try {
+      if (q.pending() === 0) return;
+    } catch {
+      // A corrupt avail index: the device reads it too and marks itself broken.
+    }
+    if (active === null) this.discard(index);
+    else this.callDevice(() => this.device.queueNotified(index));
   }
 
   /** Runs device code; a failure breaks this device only, never the daemon. */

@@ -135,6 +135,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
           rxDiscardedStopped: dev.port.stats.rxDiscardedClosed,
           rxShortBuffer: st.rxShortBuffer,
           badChains: st.badChains,
+          ctrlDisabled: st.ctrlDisabled,
           busOff: st.busOff,
         });
         destroy();

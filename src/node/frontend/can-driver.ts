@@ -269,21 +269,47 @@ export class CanTestDriver {
 
   /**
    * Posts every frame, kicks once, and resolves with the result bytes in order. When the ring runs
-   * out of descriptors it kicks and waits for completions before posting the rest.
+   * out of descriptors it kicks and waits for completions before posting the rest. When a wait
+   * fails (the connection closed, a timeout) it stops posting and rejects at once with that error's
+   * code, saying how many frames completed; the waits still running end quietly.
    */
   async sendMany(frames: readonly CanTxFrame[], opts: CanSendOptions = {}): Promise<number[]> {
     const q = this.tx;
     const results = new Array<number>(frames.length).fill(-1);
     const inflight = new Set<Promise<void>>();
+    let completed = 0;
+    // The first failure. The waits never reject (they record it here), so giving up early leaves
+    // no rejected promise behind.
+    let failure: unknown = null;
+    let onFailure: () => void = () => {};
+    const failed = new Promise<void>((resolve) => {
+      onFailure = resolve;
+    });
+    const check = (): void => {
+      if (failure === null && q.isClosed)
+        failure = new FrontendError('ERR_FRONTEND_CLOSED', 'the queue is closed');
+      if (failure === null) return;
+      const code = failure instanceof FrontendError ? failure.code : 'ERR_FRONTEND_IO';
+      const why = failure instanceof Error ? failure.message : String(failure);
+      throw new FrontendError(code, `TX: ${completed} of ${frames.length} frames completed: ${why}`, {
+        cause: failure,
+      });
+    };
     for (let i = 0; i < frames.length; i++) {
       const bytes = opts.raw ?? this.encodeTx(frames[i]!);
       for (;;) {
+        check();
         const posted = this.postTx(q, bytes, opts);
         if (posted !== null) {
           const p: Promise<void> = q
             .waitFor(posted.head, opts.timeoutMs ?? this.timeoutMs)
             .then((len) => {
               results[i] = len >= 1 ? this.ram.read(posted.slot.result, 1)[0]! : -1;
+              completed++;
+            })
+            .catch((err: unknown) => {
+              failure ??= err;
+              onFailure();
             })
             .finally(() => {
               this.txFree.push(posted.slot);
@@ -295,11 +321,13 @@ export class CanTestDriver {
         if (inflight.size === 0)
           throw new FrontendError('ERR_FRONTEND_STATE', 'TX ring full with nothing in flight');
         q.kick();
-        await Promise.race(inflight);
+        await Promise.race([...inflight, failed]);
       }
     }
+    check();
     q.kick();
-    await Promise.all(inflight);
+    await Promise.race([Promise.all(inflight), failed]);
+    check();
     return results;
   }
 

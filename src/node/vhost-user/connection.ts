@@ -24,6 +24,9 @@ export const MAX_UNREAD_REPLY_BYTES = 1024 * 1024;
 /** vhost-user messages handled per event-loop turn and connection (each takes two reads). */
 const MESSAGES_PER_TURN = 256;
 
+/** Poll period of a ring whose kick came with the NOFD flag. */
+export const KICK_POLL_MS = 1;
+
 export interface ConnectionOptions {
   native: NativeAddon;
   fd: number;
@@ -60,6 +63,7 @@ export class VhostUserConnection {
       mapRegion: (d: MemRegionDesc, fd: number) => mapRegion(n, d, fd),
       closeFd: (fd) => this.closeFd(fd),
       watchKick: (fd, onKick) => this.watchKick(fd, onKick),
+      pollKick: (onPoll) => this.pollKick(onPoll),
       signal: (fd) => this.signal(fd),
       sendToBackendChannel: (fd, bytes) => this.sendBackend(fd, bytes),
     };
@@ -108,7 +112,21 @@ export class VhostUserConnection {
     if (events & this.native.READABLE) this.readAll();
   }
 
-  private readAll(): void {
+  /**
+   * Processes whatever the front-end already sent, its EOF included, without waiting for the
+   * watcher. Returns true when the connection is closed (now or before). The daemon calls this
+   * when a new front-end arrives on a busy socket: the old one may have closed a moment ago.
+   */
+  drain(): boolean {
+    // Past the per-turn budget too (a few turns' worth): what is already queued before the EOF.
+    for (let turn = 0; turn < 16 && !this.closed && this.readAll(); turn++) {
+      /* more to read */
+    }
+    return this.closed;
+  }
+
+  /** Returns true when it stopped on the budget with data possibly left to read. */
+  private readAll(): boolean {
     // Level-triggered watcher: read until EAGAIN, the connection closes, or the budget is spent;
     // a front-end streaming messages nonstop must not keep the loop from the other guests (the
     // watcher calls again at once for what is left).
@@ -119,31 +137,32 @@ export class VhostUserConnection {
         r = this.native.recvMsg(this.fd, this.buf.subarray(0, want), MAX_FDS);
       } catch (err) {
         this.close(`recvmsg failed: ${(err as Error).message}`);
-        return;
+        return false;
       }
-      if (r === null) return;
+      if (r === null) return false;
       if (r.bytes === 0) {
         for (const fd of r.fds) this.closeFd(fd);
         this.close(
           this.framer.midMessage ? 'front-end closed the socket mid-message' : 'front-end disconnected',
         );
-        return;
+        return false;
       }
       if (r.truncated) {
         for (const fd of r.fds) this.closeFd(fd);
         this.fail(new VhostError('ERR_VU_TOO_MANY_FDS', 'ancillary data truncated (too many fds)'));
-        return;
+        return false;
       }
       try {
         for (const msg of this.framer.push(this.buf.subarray(0, r.bytes), r.fds)) {
           this.session.handle(msg);
-          if (this.closed) return;
+          if (this.closed) return false;
         }
       } catch (err) {
         this.fail(err);
-        return;
+        return false;
       }
     }
+    return !this.closed;
   }
 
   private fail(err: unknown): void {
@@ -232,6 +251,20 @@ export class VhostUserConnection {
     });
     w.start(n.READABLE);
     return { close: () => w.close() };
+  }
+
+  /** A NOFD kick: the ring is looked at every KICK_POLL_MS while it is started (see README). */
+  private pollKick(onPoll: () => void): { close(): void } {
+    const timer = setInterval(() => {
+      if (this.closed) return;
+      try {
+        onPoll();
+      } catch (err) {
+        this.fail(err);
+      }
+    }, KICK_POLL_MS);
+    timer.unref(); // the socket's watcher keeps the process alive, not the poll
+    return { close: () => clearInterval(timer) };
   }
 
   private signal(fd: number): void {

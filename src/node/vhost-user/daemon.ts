@@ -40,6 +40,11 @@ interface Listener {
   connections: number;
   /** Connections refused because a front-end was already attached. */
   refused: number;
+  /** Failed accept calls (EMFILE, ENFILE, ...). */
+  acceptErrors: number;
+  /** Current accept back-off delay (ms); 0 when accepting normally. */
+  backoffMs: number;
+  retryTimer: ReturnType<typeof setTimeout> | null;
 }
 
 export interface DaemonSocketStatus {
@@ -47,7 +52,15 @@ export interface DaemonSocketStatus {
   connected: boolean;
   connections: number;
   refused: number;
+  /** Failed accept calls; while they fail the socket is retried with a back-off. */
+  acceptErrors: number;
+  /** True while accepting is paused after a failure. */
+  acceptBackoff: boolean;
 }
+
+/** First and largest delay before accepting again after a failed accept (doubling in between). */
+export const ACCEPT_BACKOFF_MIN_MS = 100;
+export const ACCEPT_BACKOFF_MAX_MS = 1000;
 
 /** Checks that `path` can be (re)used for listening; removes a stale socket file. */
 export function preparePath(native: Pick<NativeAddon, 'connectUnix' | 'close'>, path: string): void {
@@ -109,6 +122,9 @@ export class VhostUserDaemon {
           conn: null,
           connections: 0,
           refused: 0,
+          acceptErrors: 0,
+          backoffMs: 0,
+          retryTimer: null,
           watcher: new native.Watcher(fd, () => this.onAcceptable(l)),
         };
         this.listeners.push(l);
@@ -128,10 +144,18 @@ export class VhostUserDaemon {
       try {
         fd = native.acceptUnix(l.fd);
       } catch (err) {
-        log.error('accept failed', { path: l.path, reason: (err as Error).message });
+        this.backOff(l, err);
         return;
       }
+      if (l.backoffMs !== 0) {
+        l.backoffMs = 0;
+        log.info('accepting again', { socket: l.index, path: l.path, acceptErrors: l.acceptErrors });
+      }
       if (fd === null) return;
+      // A front-end that closed and reconnected at once: its EOF may still be unread. Process what
+      // the old connection has pending first (its onClose clears l.conn); only a live one keeps
+      // the socket.
+      l.conn?.drain();
       if (l.conn !== null) {
         // One front-end per socket: a second one would fight over the same device.
         l.refused++;
@@ -141,6 +165,33 @@ export class VhostUserDaemon {
       }
       this.attach(l, fd);
     }
+  }
+
+  /**
+   * accept failed (EMFILE/ENFILE when fds run out, ENOMEM, ...). The pending connection stays
+   * queued, so the level-triggered watcher would fire again at once: a busy loop. Pause the
+   * watcher instead and retry after a delay that doubles up to a second; log once per episode.
+   */
+  private backOff(l: Listener, err: unknown): void {
+    l.acceptErrors++;
+    if (l.backoffMs === 0) {
+      l.backoffMs = ACCEPT_BACKOFF_MIN_MS;
+      this.opts.log.error('accept failed; retrying with a back-off until it works again', {
+        socket: l.index,
+        path: l.path,
+        code: (err as { code?: string }).code,
+        reason: (err as Error).message,
+      });
+    } else {
+      l.backoffMs = Math.min(l.backoffMs * 2, ACCEPT_BACKOFF_MAX_MS);
+    }
+    l.watcher.stop();
+    l.retryTimer = setTimeout(() => {
+      l.retryTimer = null;
+      if (this.stopped) return;
+      l.watcher.start(this.opts.native.READABLE);
+      this.onAcceptable(l);
+    }, l.backoffMs);
   }
 
   private attach(l: Listener, fd: number): void {
@@ -185,6 +236,8 @@ export class VhostUserDaemon {
       connected: l.conn !== null,
       connections: l.connections,
       refused: l.refused,
+      acceptErrors: l.acceptErrors,
+      acceptBackoff: l.backoffMs !== 0,
     }));
   }
 
@@ -194,6 +247,7 @@ export class VhostUserDaemon {
     this.stopped = true;
     for (const l of this.listeners) {
       l.conn?.close('daemon shutting down');
+      if (l.retryTimer !== null) clearTimeout(l.retryTimer);
       l.watcher.close();
       try {
         this.opts.native.close(l.fd);

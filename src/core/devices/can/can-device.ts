@@ -93,6 +93,8 @@ export interface CanDeviceStats {
   ctrlStart: number;
   ctrlStop: number;
   ctrlNotOk: number;
+  /** Control requests on a started but disabled control ring (answered NOT_OK, not acted on). */
+  ctrlDisabled: number;
   busOff: number;
   /** Malformed chains returned with used length 0 (any queue). */
   badChains: number;
@@ -127,6 +129,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     ctrlStart: 0,
     ctrlStop: 0,
     ctrlNotOk: 0,
+    ctrlDisabled: 0,
     busOff: 0,
     badChains: 0,
   };
@@ -299,6 +302,11 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         this.processCtrl();
         break;
     }
+  }
+
+  queueDiscard(index: number): void {
+    // RX buffers stay in the ring untouched: a disabled ring is supplied no frames.
+    if (index === CanQueue.TX || index === CanQueue.CTRL) this.discardRequests(index);
   }
 
   halt(): void {
@@ -581,6 +589,55 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
       q.pushUsed(this.chain.head, 0);
     }
     return true;
+  }
+
+  /**
+   * A started but disabled TX or control ring (vhost-user "Ring states"): every request is returned
+   * NOT_OK at once and never acted on (no frame reaches the bus, no controller change). Nothing
+   * taken from this ring is pending (disabling it cancelled that), so completing in place keeps
+   * submission order.
+   */
+  private discardRequests(index: number): void {
+    const host = this.host;
+    const q = host?.disabledQueue(index) ?? null;
+    if (q === null || host === null) return;
+    const chain = this.chain;
+    let budget = TX_BUDGET;
+    do {
+      for (;;) {
+        if (budget-- === 0) {
+          // A driver refilling the ring as fast as we empty it must not hold the loop.
+          q.publish();
+          this.schedule(() => this.queueDiscard(index));
+          return;
+        }
+        try {
+          if (!q.next(chain)) break;
+        } catch (err) {
+          if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
+          if (chain.head < 0) {
+            host.markBroken(err);
+            return;
+          }
+          this.stats.badChains++;
+          if (index === CanQueue.TX) {
+            this.stats.txRejected[TxReject.BAD_CHAIN]++;
+            this.stats.txNotOk++;
+          }
+          q.pushUsed(chain.head, 0);
+          continue;
+        }
+        if (index === CanQueue.TX) {
+          this.stats.txRejected[TxReject.DISABLED]++;
+          this.stats.txNotOk++;
+        } else {
+          this.stats.ctrlDisabled++;
+          this.stats.ctrlNotOk++;
+        }
+        this.completeNow(q, chain.head, chain.writableAddress(0), CanResult.NOT_OK);
+      }
+      q.publish();
+    } while (q.armKick());
   }
 
   // ---- RX -------------------------------------------------------------------------------------

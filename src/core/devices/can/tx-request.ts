@@ -42,6 +42,8 @@ export const TxReject = {
   BUS: 'bus',
   CANCELLED: 'cancelled',
   BAD_CHAIN: 'bad-chain',
+  /** Sent on a started but disabled TX ring (discarded, vhost-user "Ring states"). */
+  DISABLED: 'disabled',
 } as const;
 export type TxRejectReason = (typeof TxReject)[keyof typeof TxReject];
 

@@ -59,6 +59,8 @@ export interface ConsoleHandler {
   guestOpen?(port: number, open: boolean): void;
   /** `input(port)` refused bytes earlier and there is room again. */
   inputSpace?(port: number): void;
+  /** The device is gone (its connection closed): stop calling it. */
+  destroyed?(): void;
 }
 
 export interface ConsoleFeatureSwitches {
@@ -165,7 +167,6 @@ export class ConsoleDevice implements VirtioDevice {
   private rows: number;
   private multiport = false;
   private sizeOn = false;
-  private deviceReady = false;
   private readonly controlQueue: Uint8Array[] = [];
   // One chain object per kind of work: output and control callbacks may re-enter the device
   // (a backend answering output with input), and must not overwrite a chain still being handled.
@@ -358,7 +359,6 @@ export class ConsoleDevice implements VirtioDevice {
     this.halt();
     this.multiport = false;
     this.sizeOn = false;
-    this.deviceReady = false;
     this.controlQueue.length = 0;
     for (let i = 0; i < this.ports.length; i++) {
       const p = this.ports[i]!;
@@ -373,6 +373,7 @@ export class ConsoleDevice implements VirtioDevice {
     if (this.destroyed) return;
     this.destroyed = true;
     this.halt();
+    this.handler.destroyed?.();
   }
 
   // ---- queue processing -----------------------------------------------------------------------
@@ -580,7 +581,6 @@ export class ConsoleDevice implements VirtioDevice {
         this.log.warn('guest console driver reports a failed probe (DEVICE_READY 0)');
         return;
       }
-      this.deviceReady = true;
       for (let i = 0; i < this.ports.length; i++) {
         const p = this.ports[i]!;
         if (p.added) continue; // never PORT_ADD an existing port (spec)

@@ -1,0 +1,356 @@
+/**
+ * Command-line parsing for vhost-device-console, free of side effects so it can be unit tested.
+ * A drop-in for rust-vmm's CLI (--socket-path/-s, --socket-count/-c, --tcp-port/-p,
+ * --backend/-b, --max-queue-size/-q, same meanings), plus our own options. Every bad input
+ * yields a message naming the option and what is expected.
+ */
+import { parseArgs } from 'node:util';
+import { MAX_PORT_NAME_BYTES } from '../core/devices/console/console-device.js';
+import { isLogLevel, type LogLevel } from '../node/log.js';
+
+export type ConsoleBackendName = 'nested' | 'network' | 'unix';
+
+export interface ConsoleCliOptions {
+  /** Base socket path (absent with --fd). */
+  socketPath: string | null;
+  /** An already-open listening vhost-user socket (--fd). */
+  fd: number | null;
+  socketCount: number;
+  backend: ConsoleBackendName;
+  tcpHost: string;
+  tcpPort: number;
+  udsPath: string | null;
+  portNames: string[];
+  scrollback: number;
+  logFile: string | null;
+  size: boolean;
+  multiport: boolean;
+  emergWrite: boolean;
+  legacyResizeOrder: boolean;
+  cols: number;
+  rows: number;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  maxQueueSize: number;
+  logLevel: LogLevel;
+  logFormat: 'text' | 'json';
+  statsInterval: number;
+}
+
+export type ConsoleCliResult =
+  | { kind: 'run'; options: ConsoleCliOptions }
+  | { kind: 'help' }
+  | { kind: 'version' }
+  | { kind: 'capabilities' }
+  | { kind: 'error'; message: string };
+
+export const MAX_CONSOLE_SOCKETS = 64;
+export const DEFAULT_TCP_PORT = 12345;
+const PORT_NAME = /^[A-Za-z0-9_.:-]+$/;
+
+function intOption(
+  v: string | undefined,
+  name: string,
+  min: number,
+  max: number,
+  dflt: number,
+): number | string {
+  if (v === undefined) return dflt;
+  if (!/^[0-9]+$/.test(v)) return `--${name} expects an integer, got "${v}"`;
+  const n = Number(v);
+  if (n < min || n > max) return `--${name} must be between ${min} and ${max}, got ${n}`;
+  return n;
+}
+
+export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: true,
+      options: {
+        'socket-path': { type: 'string', short: 's' },
+        fd: { type: 'string' },
+        'socket-count': { type: 'string', short: 'c' },
+        backend: { type: 'string', short: 'b' },
+        'tcp-port': { type: 'string', short: 'p' },
+        'tcp-host': { type: 'string' },
+        'uds-path': { type: 'string' },
+        'port-name': { type: 'string', multiple: true },
+        scrollback: { type: 'string' },
+        'log-file': { type: 'string' },
+        'no-size': { type: 'boolean' },
+        'no-multiport': { type: 'boolean' },
+        'no-emerg-write': { type: 'boolean' },
+        'legacy-resize-order': { type: 'boolean' },
+        cols: { type: 'string' },
+        rows: { type: 'string' },
+        'no-event-idx': { type: 'boolean' },
+        'no-indirect-desc': { type: 'boolean' },
+        'max-queue-size': { type: 'string', short: 'q' },
+        'log-level': { type: 'string' },
+        'log-format': { type: 'string' },
+        verbose: { type: 'boolean', short: 'v' },
+        'stats-interval': { type: 'string' },
+        'print-capabilities': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
+      },
+    }));
+  } catch (err) {
+    return { kind: 'error', message: (err as Error).message };
+  }
+  // vhost-user backend program conventions: --print-capabilities ignores every other option.
+  if (values['print-capabilities']) return { kind: 'capabilities' };
+  if (values.help) return { kind: 'help' };
+  if (values.version) return { kind: 'version' };
+  if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
+
+  const socketPath = (values['socket-path'] as string | undefined) ?? null;
+  const fdArg = values.fd as string | undefined;
+  if (socketPath !== null && fdArg !== undefined) {
+    return { kind: 'error', message: '--socket-path and --fd exclude each other' };
+  }
+  if ((socketPath === null || socketPath === '') && fdArg === undefined) {
+    return { kind: 'error', message: 'the required option --socket-path PATH (or --fd N) is missing' };
+  }
+  let fd: number | null = null;
+  if (fdArg !== undefined) {
+    const n = intOption(fdArg, 'fd', 0, 2 ** 31 - 1, 0);
+    if (typeof n === 'string') return { kind: 'error', message: n };
+    fd = n;
+  }
+  const count = intOption(
+    values['socket-count'] as string | undefined,
+    'socket-count',
+    1,
+    MAX_CONSOLE_SOCKETS,
+    1,
+  );
+  if (typeof count === 'string') return { kind: 'error', message: count };
+  if (fd !== null && count !== 1)
+    return { kind: 'error', message: '--fd serves one guest: --socket-count must be 1' };
+  if (socketPath !== null) {
+    const longest = `${socketPath}${count - 1}`;
+    if (Buffer.byteLength(longest) > 107) {
+      return {
+        kind: 'error',
+        message: `socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
+      };
+    }
+  }
+
+  const backend = ((values.backend as string | undefined) ?? 'nested') as ConsoleBackendName;
+  if (backend !== 'nested' && backend !== 'network' && backend !== 'unix') {
+    return { kind: 'error', message: `--backend must be nested, network or unix, got "${values.backend}"` };
+  }
+  const portNames = (values['port-name'] as string[] | undefined) ?? [];
+  for (const n of portNames) {
+    if (!PORT_NAME.test(n) || Buffer.byteLength(n) > MAX_PORT_NAME_BYTES) {
+      return {
+        kind: 'error',
+        message: `--port-name "${n}": 1..${MAX_PORT_NAME_BYTES} characters of letters, digits, _ . : -`,
+      };
+    }
+  }
+  if (new Set(portNames).size !== portNames.length)
+    return { kind: 'error', message: '--port-name given twice with the same name' };
+  if (backend === 'nested') {
+    if (count !== 1) {
+      return {
+        kind: 'error',
+        message: `the nested backend serves one guest: --socket-count must be 1, got ${count}`,
+      };
+    }
+    if (portNames.length > 0) {
+      return { kind: 'error', message: 'named ports (--port-name) need --backend network or unix' };
+    }
+  }
+  if (values['no-multiport'] && portNames.length > 0) {
+    return { kind: 'error', message: '--port-name needs MULTIPORT (drop --no-multiport)' };
+  }
+  const tcpPort = intOption(values['tcp-port'] as string | undefined, 'tcp-port', 1, 65535, DEFAULT_TCP_PORT);
+  if (typeof tcpPort === 'string') return { kind: 'error', message: tcpPort };
+  const lastPort = tcpPort + (portNames.length + 1) * count - 1;
+  if (backend === 'network' && lastPort > 65535) {
+    return {
+      kind: 'error',
+      message: `--tcp-port ${tcpPort} leaves no room for ${(portNames.length + 1) * count} ports`,
+    };
+  }
+  const tcpHost = (values['tcp-host'] as string | undefined) ?? '127.0.0.1';
+  if (tcpHost === '') return { kind: 'error', message: '--tcp-host is empty' };
+  const udsPath = (values['uds-path'] as string | undefined) ?? null;
+  if (backend === 'unix') {
+    if (udsPath === null || udsPath === '')
+      return { kind: 'error', message: 'the unix backend needs --uds-path PATH' };
+    const longestName = portNames.reduce((a, n) => (n.length > a.length ? n : a), '');
+    const longest = `${udsPath}${count - 1}${longestName === '' ? '' : `-${longestName}`}`;
+    if (Buffer.byteLength(longest) > 107) {
+      return {
+        kind: 'error',
+        message: `client socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
+      };
+    }
+  } else if (udsPath !== null) {
+    return { kind: 'error', message: '--uds-path is for --backend unix' };
+  }
+  if (backend !== 'network' && (values['tcp-host'] !== undefined || values['tcp-port'] !== undefined)) {
+    return { kind: 'error', message: '--tcp-port and --tcp-host are for --backend network' };
+  }
+  const scrollback = intOption(
+    values.scrollback as string | undefined,
+    'scrollback',
+    0,
+    64 * 1024 * 1024,
+    64 * 1024,
+  );
+  if (typeof scrollback === 'string') return { kind: 'error', message: scrollback };
+  const logFile = (values['log-file'] as string | undefined) ?? null;
+  if (logFile === '') return { kind: 'error', message: '--log-file is empty' };
+  const cols = intOption(values.cols as string | undefined, 'cols', 1, 65535, 80);
+  if (typeof cols === 'string') return { kind: 'error', message: cols };
+  const rows = intOption(values.rows as string | undefined, 'rows', 1, 65535, 24);
+  if (typeof rows === 'string') return { kind: 'error', message: rows };
+  const mq = intOption(values['max-queue-size'] as string | undefined, 'max-queue-size', 1, 32768, 1024);
+  if (typeof mq === 'string') return { kind: 'error', message: mq };
+  if ((mq & (mq - 1)) !== 0)
+    return { kind: 'error', message: `--max-queue-size must be a power of two, got ${mq}` };
+  const statsInterval = intOption(
+    values['stats-interval'] as string | undefined,
+    'stats-interval',
+    0,
+    86400,
+    0,
+  );
+  if (typeof statsInterval === 'string') return { kind: 'error', message: statsInterval };
+  let logLevel: LogLevel = values.verbose ? 'debug' : 'info';
+  const lv = values['log-level'] as string | undefined;
+  if (lv !== undefined) {
+    if (!isLogLevel(lv))
+      return { kind: 'error', message: `--log-level must be error, warn, info or debug, got "${lv}"` };
+    logLevel = lv;
+  }
+  const lf = (values['log-format'] as string | undefined) ?? 'text';
+  if (lf !== 'text' && lf !== 'json')
+    return { kind: 'error', message: `--log-format must be text or json, got "${lf}"` };
+
+  return {
+    kind: 'run',
+    options: {
+      socketPath,
+      fd,
+      socketCount: count,
+      backend,
+      tcpHost,
+      tcpPort,
+      udsPath,
+      portNames,
+      scrollback,
+      logFile,
+      size: !values['no-size'],
+      multiport: !values['no-multiport'],
+      emergWrite: !values['no-emerg-write'],
+      legacyResizeOrder: Boolean(values['legacy-resize-order']),
+      cols,
+      rows,
+      eventIdx: !values['no-event-idx'],
+      indirectDesc: !values['no-indirect-desc'],
+      maxQueueSize: mq,
+      logLevel,
+      logFormat: lf,
+      statsInterval,
+    },
+  };
+}
+
+export const CONSOLE_HELP = `NAME
+    vhost-device-console - VirtIO console back-end (vhost-user): guest consoles over TCP, Unix
+    sockets or this terminal
+
+SYNOPSIS
+    vhost-device-console --socket-path PATH [--socket-count N] [--backend nested|network|unix]
+                         [--tcp-port PORT] [--tcp-host ADDR] [--uds-path PATH]
+                         [--port-name NAME]... [OPTIONS]
+    vhost-device-console --fd N [OPTIONS]
+    vhost-device-console --print-capabilities
+
+DESCRIPTION
+    Serves N guests, one vhost-user Unix socket each, at PATH0 .. PATH{N-1}. Each guest gets a
+    VirtIO console (device ID 3): port 0 is its console (hvc0 in a Linux guest, where getty gives
+    a login prompt); --port-name adds named ports (/dev/virtio-ports/NAME in the guest).
+
+    Guest output is consumed at once whether a client is connected or not, so a guest never
+    stalls. While no client is connected it is kept in a scrollback (--scrollback bytes per port)
+    that the next client receives first. Input is flow-controlled, never dropped. One client per
+    port at a time; a second one is told why and closed.
+
+BACKENDS
+    -b, --backend nested (default)
+        Guest 0's console on this terminal, in raw mode (Ctrl-C goes to the guest). Escape
+        character Ctrl-]: Ctrl-] q quits the daemon, Ctrl-] Ctrl-] sends Ctrl-], Ctrl-] ? help.
+        The terminal size follows window changes. Needs --socket-count 1 and no named ports.
+    -b, --backend network
+        One TCP listener per port: guest i's console on PORT+i; named port j (1-based, in
+        --port-name order) of guest i on PORT + j*N + i. Connect with e.g.
+        socat -,raw,echo=0 tcp:127.0.0.1:PORT
+    -b, --backend unix
+        One listening Unix socket per port: guest i's console on UDS_PATH+i, named port NAME on
+        UDS_PATH+i-NAME. Connect with e.g. socat -,raw,echo=0 unix-connect:UDS_PATH0
+    Every port's address is logged at start.
+
+OPTIONS
+    -s, --socket-path PATH
+        Base path of the vhost-user sockets; the index 0..N-1 is appended.
+    --fd N
+        Serve one guest on an already-open listening Unix socket N instead of --socket-path.
+    -c, --socket-count N
+        Number of guests, 1..${MAX_CONSOLE_SOCKETS}. Default 1.
+    -p, --tcp-port PORT
+        First TCP port of the network backend. Default ${DEFAULT_TCP_PORT}.
+    --tcp-host ADDR
+        Address the network backend binds. Default 127.0.0.1. Consoles have no authentication:
+        binding another address logs a warning.
+    --uds-path PATH
+        Base path of the unix backend's client sockets.
+    --port-name NAME
+        Add a named port to every guest (repeatable), e.g. org.qemu.guest_agent.0.
+    --scrollback BYTES
+        Output kept per port while no client is connected. Default 65536; 0 keeps nothing.
+    --log-file PATH
+        Also append everything each guest prints to PATH+i (named ports: PATH+i-NAME).
+    --cols N, --rows N
+        Terminal size reported to guests by the network and unix backends. Default 80 x 24.
+    --legacy-resize-order
+        Send RESIZE as rows, cols: what Linux guests before 6.15 expect (newer ones read cols first,
+        as the VIRTIO spec says).
+    --no-size, --no-multiport, --no-emerg-write
+        Do not offer VIRTIO_CONSOLE_F_SIZE, _F_MULTIPORT (then only the console port exists), or
+        _F_EMERG_WRITE.
+    --no-event-idx, --no-indirect-desc
+        Do not offer VIRTIO_RING_F_EVENT_IDX / VIRTIO_RING_F_INDIRECT_DESC.
+    -q, --max-queue-size N
+        Largest virtqueue size accepted (power of two, default 1024).
+    --stats-interval SECONDS
+        Log every counter every SECONDS (0 = never; default). SIGUSR1 logs them at any time.
+    --log-level error|warn|info|debug, -v (= debug), --log-format text|json
+        Logging, on stderr.
+    --print-capabilities
+        Print the back-end's capabilities as JSON and exit (vhost-user back-end conventions).
+    -h, --help      This text.
+    -V, --version   The version.
+
+QEMU
+    Start the daemon first, then QEMU (10.2 or newer has vhost-user-test-device-pci):
+      qemu-system-x86_64 ... \\
+        -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
+        -chardev socket,id=con0,path=PATH0 \\
+        -device vhost-user-test-device-pci,chardev=con0,virtio-id=3,num_vqs=4,config_size=12
+    With K named ports, num_vqs=2*(K+2) (one receive/transmit pair per port plus the control pair).
+
+EXIT STATUS
+    0 after SIGINT/SIGTERM or Ctrl-] q (sockets removed), 2 for a bad command line, 1 when start-up
+    fails (path or TCP port in use, ...).
+`;

@@ -258,21 +258,31 @@ export class ConsoleDevice implements VirtioDevice {
     const p = this.ports[port];
     if (p === undefined || this.destroyed) return 0;
     const cap = p.inBuf.byteLength;
-    const n = Math.min(bytes.byteLength, cap - p.inCount);
-    let w = (p.inStart + p.inCount) % cap;
-    for (let i = 0; i < n; ) {
-      const run = Math.min(n - i, cap - w);
-      p.inBuf.set(bytes.subarray(i, i + run), w);
-      i += run;
-      w = (w + run) % cap;
+    // The caller learns about a refusal from the return value: inputSpace() is never called from
+    // inside input() (a caller that still holds `bytes` as pending would hand them over twice).
+    p.refused = false;
+    let taken = 0;
+    for (;;) {
+      const n = Math.min(bytes.byteLength - taken, cap - p.inCount);
+      if (n === 0) break;
+      let w = (p.inStart + p.inCount) % cap;
+      for (let i = taken; i < taken + n; ) {
+        const run = Math.min(taken + n - i, cap - w);
+        p.inBuf.set(bytes.subarray(i, i + run), w);
+        i += run;
+        w = (w + run) % cap;
+      }
+      p.inCount += n;
+      taken += n;
+      this.guarded(() => this.deliverInput(port));
+      // Delivery may have made room (and armed no kick when it emptied the buffer): go on.
+      if (taken === bytes.byteLength || p.inCount === cap) break;
     }
-    p.inCount += n;
-    if (n < bytes.byteLength) {
+    if (taken < bytes.byteLength) {
       p.refused = true;
-      this.stats.ports[port]!.inputRefused += bytes.byteLength - n;
+      this.stats.ports[port]!.inputRefused += bytes.byteLength - taken;
     }
-    if (n > 0) this.guarded(() => this.deliverInput(port));
-    return n;
+    return taken;
   }
 
   /** The host side of `port` connected or disconnected (a client): PORT_OPEN to the guest. */

@@ -34,6 +34,8 @@ export interface ConsoleClient {
   text(): string;
   /** Bytes received so far. */
   readonly received: number;
+  /** Everything received so far, as bytes. */
+  bytes(): Buffer;
   /** True once the back-end (or close()) ended this client. */
   readonly closed: boolean;
   /** Resolves with the first match of `re` in text() from character `from` on. */
@@ -125,6 +127,10 @@ abstract class ClientBase implements ConsoleClient {
   protected onEnd(): void {
     this.closed = true;
     for (const w of [...this.waiters]) w();
+  }
+
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks);
   }
 
   text(): string {

@@ -118,7 +118,7 @@ signal shell-exited "$?"
 
     await t.test(
       'the named port carries data both ways (bulk too) and the host closing it gives the guest EOF',
-      { skip: !backend.caps.namedPorts && 'the CLI back-end exposes only the console port over TCP' },
+      { skip: !backend.caps.namedPorts && 'this back-end cannot reach named ports' },
       async () => {
         const port = await backend.connect(0, 1);
         run.tell(g, 'port-connected');

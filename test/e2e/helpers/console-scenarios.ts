@@ -5,9 +5,10 @@
 // - 'in-process' (the default): VhostUserDaemon + ConsoleDevice in this process; a "client" is
 //   an object that collects the device's output for a port and types with device.input().
 // - 'cli' (CONSOLE_E2E_BACKEND=cli): the vhost-device-console CLI as a child process with
-//   `--backend network`; a client is a TCP connection to 127.0.0.1:(P + guest). Only the console
-//   port is reachable that way, and there is no resize or device statistics channel: the tests
-//   check `backend.caps` and skip those parts (saying so) on this back-end.
+//   `--backend network`; a client is a TCP connection: guest i's console on 127.0.0.1:(P + i),
+//   its named port j (1-based) on P + j * N + i. That back-end has no resize channel (the
+//   terminal size is --cols/--rows) and no device counters: the tests check `backend.caps` and
+//   skip those parts (saying so).
 //
 // Guest side: CONSOLE_PRELUDE (shell functions for the scenario) starts an interactive shell on
 // /dev/hvc0 and finds named ports through /sys/class/virtio-ports/*/name (no udev in the guest).
@@ -389,11 +390,13 @@ async function freePortRange(count: number): Promise<number> {
 
 class CliConsoleBackend implements ConsoleBackend {
   readonly kind = 'cli' as const;
-  readonly caps = { resize: false, namedPorts: false, stats: false };
+  readonly caps = { resize: false, namedPorts: true, stats: false };
 
   private readonly run: E2eRun;
   private readonly base: string;
   private readonly tcpPort: number;
+  private readonly guests: number;
+  private readonly ports: number;
   private readonly child: ChildProcess;
   private readonly logPath: string;
   private readonly logFd: number;
@@ -403,6 +406,8 @@ class CliConsoleBackend implements ConsoleBackend {
     run: E2eRun,
     base: string,
     tcpPort: number,
+    guests: number,
+    ports: number,
     child: ChildProcess,
     logPath: string,
     logFd: number,
@@ -411,6 +416,8 @@ class CliConsoleBackend implements ConsoleBackend {
     this.run = run;
     this.base = base;
     this.tcpPort = tcpPort;
+    this.guests = guests;
+    this.ports = ports;
     this.child = child;
     this.logPath = logPath;
     this.logFd = logFd;
@@ -419,7 +426,8 @@ class CliConsoleBackend implements ConsoleBackend {
 
   static async start(run: E2eRun, opts: ConsoleBackendOptions): Promise<CliConsoleBackend> {
     const base = run.socketPathFor('con.sock');
-    const tcpPort = await freePortRange(opts.guests);
+    const ports = 1 + (opts.portNames ?? []).length;
+    const tcpPort = await freePortRange(ports * opts.guests);
     const logPath = join(run.workDir, 'daemon-cli.log');
     const logFd = openSync(logPath, 'a');
     const args = [
@@ -438,7 +446,7 @@ class CliConsoleBackend implements ConsoleBackend {
     ];
     const child = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', logFd, logFd] });
     const exited = new Promise((resolve) => child.once('exit', resolve));
-    const b = new CliConsoleBackend(run, base, tcpPort, child, logPath, logFd, exited);
+    const b = new CliConsoleBackend(run, base, tcpPort, opts.guests, ports, child, logPath, logFd, exited);
     run.note('console CLI started', { pid: child.pid ?? -1, args: args.join(' ') });
     const sockets = Array.from({ length: opts.guests }, (_, i) => b.socketPath(i));
     await until(
@@ -459,8 +467,9 @@ class CliConsoleBackend implements ConsoleBackend {
   }
 
   async connect(guest: number, port = 0): Promise<ConsoleClient> {
-    if (port !== 0) throw new Error('the CLI network back-end serves only the console port over TCP');
-    const tcp = this.tcpPort + guest;
+    if (guest < 0 || guest >= this.guests) throw new RangeError(`no guest ${guest}`);
+    if (port < 0 || port >= this.ports) throw new RangeError(`no port ${port}`);
+    const tcp = this.tcpPort + port * this.guests + guest;
     for (let attempt = 0; ; attempt++) {
       try {
         const sock = await new Promise<Socket>((resolve, reject) => {
@@ -468,8 +477,8 @@ class CliConsoleBackend implements ConsoleBackend {
           s.once('connect', () => resolve(s));
           s.once('error', reject);
         });
-        this.run.note('console TCP client connected', { guest, tcp });
-        return new TcpClient(sock, `console TCP client guest ${guest} (127.0.0.1:${tcp})`);
+        this.run.note('console TCP client connected', { guest, port, tcp });
+        return new TcpClient(sock, `console TCP client guest ${guest} port ${port} (127.0.0.1:${tcp})`);
       } catch (err) {
         if (attempt >= 50) throw err;
         await sleep(100);

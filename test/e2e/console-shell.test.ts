@@ -1,13 +1,13 @@
 // A real Linux guest with a VirtIO console (device 3, MULTIPORT, one named port) served by our
 // console device: a shell on /dev/hvc0 driven from the host, the terminal size following
 // resize(), and a named port found by name under /sys/class/virtio-ports and used in both
-// directions. One boot for all of it (TCG boots are slow).
+// directions, plus a CAN device in the same guest. One boot for all of it (TCG boots are slow).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { skipWithoutKit, sleep, withRun } from './helpers/can-scenarios.js';
+import { skipWithoutKit, sleep, viaVirtio, withRun } from './helpers/can-scenarios.js';
 import {
   CONSOLE_PRELUDE,
   consoleBackendKind,
@@ -33,9 +33,13 @@ test(
   { skip: skipWithoutKit ?? backendKind.skip, timeout: 180_000 },
   withRun('console-shell', async (run, t) => {
     const backend = await startConsoleBackend(run, { guests: 1, portNames: [PORT_NAME] });
+    // The guest has a CAN device too (before the console on the PCI bus): both served at once.
+    run.startDaemon(1);
+    const tap = run.tap();
     const started = Date.now();
     const g = run.startGuest({
       name: 'guest',
+      sockets: [0],
       consoles: [{ socketPath: backend.socketPath(0), namedPorts: 1 }],
       scenario: `${CONSOLE_PRELUDE}
 console_shell shell-up
@@ -75,9 +79,19 @@ signal shell-exited "$?"
     await t.test('a shell on hvc0 runs commands typed by the host', async () => {
       run.equal(await shellRun(con, 'echo $((6*7))'), '42', 'echo $((6*7))');
       run.equal(await shellRun(con, 'tty'), '/dev/hvc0', "the shell's terminal");
-      // A longer line: several RX buffers' worth would not be needed, but the line must arrive whole.
+      // A line longer than one typical read, arriving whole.
       const long = 'x'.repeat(300);
       run.equal(await shellRun(con, `echo ${long} | wc -c`), '301', 'a 300-character line');
+    });
+
+    await t.test('the same guest uses its CAN device, commanded over the console', async () => {
+      run.equal(
+        await shellRun(con, 'ip link set can0 up && cansend can0 123#C0DE && echo sent'),
+        'sent',
+        'cansend typed over the console',
+      );
+      await tap.waitFor(1);
+      run.equal(tap.lines(), [viaVirtio('123#C0DE')], 'the frame on the bus');
     });
 
     await t.test(

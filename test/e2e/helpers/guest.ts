@@ -6,6 +6,10 @@
 // initramfs' /init loads the modules, mounts a per-run 9p share (tag "kit") at /mnt, runs
 // /mnt/scenario.sh, writes its exit status to /mnt/exit-status and powers off.
 //
+// Devices: `canDevices` (VirtIO CAN, device 36) and `consoleDevices` (VirtIO console, device 3:
+// /dev/hvc0 plus named ports under /sys/class/virtio-ports in the guest), each a
+// vhost-user-test-device-pci on a vhost-user socket whose back-end must already listen.
+//
 // QEMU is the kit chroot's binary, started on the host through the chroot's dynamic loader
 // (the argv prefix in GuestKit.qemu), so vhost-user socket paths and the share directory are
 // ordinary host paths. TCG only: KVM does not work on the project's machines.

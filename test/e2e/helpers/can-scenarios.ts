@@ -23,6 +23,7 @@ import type { CanDevice } from '../../../src/core/devices/can/can-device.js';
 import { type CanDaemon, type CanDaemonOptions, startCanDaemon } from '../../../src/node/can/can-daemon.js';
 import { type LogLevel, StructuredLogger } from '../../../src/node/log.js';
 import {
+  type ConsoleDeviceSpec,
   findGuestKit,
   type GuestKit,
   type GuestResult,
@@ -240,10 +241,12 @@ export interface GuestSpec {
   name: string;
   /** the scenario body, run after GUEST_PRELUDE */
   scenario: string;
-  /** socket indices of the run's daemon, one CAN device each (default [0]) */
+  /** socket indices of the run's daemon, one CAN device each (default [0], or [] with `consoles`) */
   sockets?: number[];
   /** explicit socket paths instead of `sockets` (a daemon not started by this run) */
   socketPaths?: string[];
+  /** console devices (served by a back-end the test started, e.g. helpers/console-scenarios.ts) */
+  consoles?: ConsoleDeviceSpec[];
   configSize?: number;
   timeoutMs?: number;
   extraQemuArgs?: string[];
@@ -266,6 +269,7 @@ export class E2eRun {
   private readonly logStream: WriteStream;
   private readonly guests: RunningGuest[] = [];
   private readonly cleanups: Array<() => void> = [];
+  private readonly closeHooks: Array<() => void | Promise<void>> = [];
   private daemon: CanDaemon | null = null;
   private closed = false;
   private readonly socketDir: string;
@@ -302,6 +306,16 @@ export class E2eRun {
     return join(this.socketDir, `can.sock${i}`);
   }
 
+  /** A path for another back-end's socket(s) in the run's (short enough) socket directory. */
+  socketPathFor(name: string): string {
+    return join(this.socketDir, name);
+  }
+
+  /** Runs `fn` in close(), after the guests are gone (stops back-ends the test started). */
+  onClose(fn: () => void | Promise<void>): void {
+    this.closeHooks.push(fn);
+  }
+
   /** Starts the daemon in this process with `count` sockets (all on the default virtual bus). */
   startDaemon(count: number, opts: Partial<CanDaemonOptions> = {}): CanDaemon {
     assert.equal(this.daemon, null, 'one daemon per run');
@@ -329,7 +343,8 @@ export class E2eRun {
 
   startGuest(spec: GuestSpec): RunningGuest {
     if (guestKit === undefined) throw new Error(skipWithoutKit);
-    const paths = spec.socketPaths ?? (spec.sockets ?? [0]).map((i) => this.socketPath(i));
+    const paths =
+      spec.socketPaths ?? (spec.sockets ?? (spec.consoles ? [] : [0])).map((i) => this.socketPath(i));
     const g = startGuest({
       kit: guestKit,
       scenario: `${GUEST_PRELUDE}\n${spec.scenario}`,
@@ -337,12 +352,14 @@ export class E2eRun {
         socketPath,
         ...(spec.configSize === undefined ? {} : { configSize: spec.configSize }),
       })),
+      ...(spec.consoles === undefined ? {} : { consoleDevices: spec.consoles }),
       timeoutMs: spec.timeoutMs ?? 90_000,
       workDir: join(this.workDir, spec.name),
       ...(spec.extraQemuArgs === undefined ? {} : { extraQemuArgs: spec.extraQemuArgs }),
     });
     this.guests.push(g);
-    this.note('guest started', { guest: spec.name, pid: g.pid ?? -1, sockets: paths.join(' ') });
+    const all = [...paths, ...(spec.consoles ?? []).map((c) => c.socketPath)];
+    this.note('guest started', { guest: spec.name, pid: g.pid ?? -1, sockets: all.join(' ') });
     return g;
   }
 
@@ -467,6 +484,13 @@ export class E2eRun {
     this.closed = true;
     for (const g of this.guests) g.kill();
     await Promise.allSettled(this.guests.map((g) => g.done));
+    for (const fn of this.closeHooks) {
+      try {
+        await fn();
+      } catch (err) {
+        this.note('close hook failed', { error: String((err as Error)?.message ?? err) });
+      }
+    }
     if (this.daemon !== null) {
       this.note('daemon stopping', { hubStats: JSON.stringify(this.daemon.hubFor(0).stats()) });
       this.daemon.stop();

@@ -6,6 +6,10 @@
 // initramfs' /init loads the modules, mounts a per-run 9p share (tag "kit") at /mnt, runs
 // /mnt/scenario.sh, writes its exit status to /mnt/exit-status and powers off.
 //
+// Devices: `canDevices` (VirtIO CAN, device 36) and `consoleDevices` (VirtIO console, device 3:
+// /dev/hvc0 plus named ports under /sys/class/virtio-ports in the guest), each a
+// vhost-user-test-device-pci on a vhost-user socket whose back-end must already listen.
+//
 // QEMU is the kit chroot's binary, started on the host through the chroot's dynamic loader
 // (the argv prefix in GuestKit.qemu), so vhost-user socket paths and the share directory are
 // ordinary host paths. TCG only: KVM does not work on the project's machines.
@@ -42,11 +46,29 @@ export interface CanDeviceSpec {
   vqSize?: number;
 }
 
+/** A VirtIO console (device 3) served over vhost-user; in the guest: /dev/hvc0 plus named ports. */
+export interface ConsoleDeviceSpec {
+  /** vhost-user socket; the back-end must already be listening on it */
+  socketPath: string;
+  /**
+   * Named ports besides the console port: the back-end's max_nr_ports must be 1 + namedPorts.
+   * QEMU's num_vqs is then 2 * (2 + namedPorts): a receiveq/transmitq pair per port (console
+   * included) plus the control pair (MULTIPORT). Default 0: 4 queues. A count that does not match
+   * the device makes the guest driver fail its probe ("Error -22 initializing vqs").
+   */
+  namedPorts?: number;
+  /** QEMU vq_size (every queue); QEMU's default is 64 */
+  vqSize?: number;
+}
+
 export interface GuestRunOptions {
   kit: GuestKit;
   /** sh script run in the guest as /mnt/scenario.sh; its exit status is the run's exitStatus */
   scenario: string;
-  canDevices: CanDeviceSpec[];
+  /** CAN devices (chardev ids can0, can1, ...), in this order on the PCI bus; default none */
+  canDevices?: CanDeviceSpec[];
+  /** console devices (chardev ids con0, con1, ...), after the CAN devices; default none */
+  consoleDevices?: ConsoleDeviceSpec[];
   /** guest RAM, default 512 */
   memoryMiB?: number;
   /** default 120 s; on expiry QEMU is killed and timedOut is set */
@@ -213,7 +235,7 @@ export function buildQemuArgs(opts: GuestRunOptions, shareDir: string): string[]
     '-virtfs',
     `local,path=${optValue(shareDir)},mount_tag=kit,security_model=none`,
   ];
-  opts.canDevices.forEach((dev, i) => {
+  (opts.canDevices ?? []).forEach((dev, i) => {
     const configSize = dev.configSize ?? 2;
     if (!Number.isInteger(configSize) || configSize < 0 || configSize > 256) {
       throw new RangeError(`canDevices[${i}].configSize must be 0..256, got ${configSize}`);
@@ -221,6 +243,17 @@ export function buildQemuArgs(opts: GuestRunOptions, shareDir: string): string[]
     let device = `vhost-user-test-device-pci,chardev=can${i},virtio-id=36,num_vqs=3,config_size=${configSize}`;
     if (dev.vqSize !== undefined) device += `,vq_size=${positiveInt(`canDevices[${i}].vqSize`, dev.vqSize)}`;
     args.push('-chardev', `socket,id=can${i},path=${optValue(dev.socketPath)}`, '-device', device);
+  });
+  (opts.consoleDevices ?? []).forEach((dev, i) => {
+    const named = dev.namedPorts ?? 0;
+    if (!Number.isInteger(named) || named < 0 || named > 1000) {
+      throw new RangeError(`consoleDevices[${i}].namedPorts must be 0..1000, got ${named}`);
+    }
+    // config: le16 cols, le16 rows, le32 max_nr_ports, le32 emerg_wr (VIRTIO "Console Device").
+    let device = `vhost-user-test-device-pci,chardev=con${i},virtio-id=3,num_vqs=${2 * (2 + named)},config_size=12`;
+    if (dev.vqSize !== undefined)
+      device += `,vq_size=${positiveInt(`consoleDevices[${i}].vqSize`, dev.vqSize)}`;
+    args.push('-chardev', `socket,id=con${i},path=${optValue(dev.socketPath)}`, '-device', device);
   });
   args.push(...(opts.extraQemuArgs ?? []));
   return args;
@@ -247,10 +280,14 @@ function readExitStatus(shareDir: string): number | null {
 
 /** Boots a guest and returns at once; see RunningGuest. */
 export function startGuest(opts: GuestRunOptions): RunningGuest {
-  for (const [i, dev] of opts.canDevices.entries()) {
+  const sockets = [
+    ...(opts.canDevices ?? []).map((d, i) => [`canDevices[${i}]`, d.socketPath] as const),
+    ...(opts.consoleDevices ?? []).map((d, i) => [`consoleDevices[${i}]`, d.socketPath] as const),
+  ];
+  for (const [what, socketPath] of sockets) {
     // Without reconnect-ms QEMU connects once at start-up and exits if nobody listens.
-    if (!existsSync(dev.socketPath)) {
-      throw new Error(`canDevices[${i}]: ${dev.socketPath} does not exist (start the back-end first)`);
+    if (!existsSync(socketPath)) {
+      throw new Error(`${what}: ${socketPath} does not exist (start the back-end first)`);
     }
   }
   const workDir = resolve(opts.workDir ?? freshWorkDir(REPO_ROOT, 'guest'));

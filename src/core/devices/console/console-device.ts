@@ -258,13 +258,12 @@ export class ConsoleDevice implements VirtioDevice {
     const p = this.ports[port];
     if (p === undefined || this.destroyed) return 0;
     const cap = p.inBuf.byteLength;
-    const len = bytes.byteLength;
+    // The caller learns about a refusal from the return value: inputSpace() is never called from
+    // inside input() (a caller that still holds `bytes` as pending would hand them over twice).
+    p.refused = false;
     let taken = 0;
-    // Take what fits, let the guest's buffers drain it, and take more while that made room. The
-    // refusal is recorded only at the end: were it recorded first, the delivery inside this call
-    // would answer it with inputSpace() before the caller even learnt that bytes were refused.
-    while (taken < len) {
-      const n = Math.min(len - taken, cap - p.inCount);
+    for (;;) {
+      const n = Math.min(bytes.byteLength - taken, cap - p.inCount);
       if (n === 0) break;
       let w = (p.inStart + p.inCount) % cap;
       for (let i = taken; i < taken + n; ) {
@@ -275,14 +274,13 @@ export class ConsoleDevice implements VirtioDevice {
       }
       p.inCount += n;
       taken += n;
-      const held = p.inCount;
       this.guarded(() => this.deliverInput(port));
-      if (p.inCount >= held) break; // the guest took nothing: no more room in this call
+      // Delivery may have made room (and armed no kick when it emptied the buffer): go on.
+      if (taken === bytes.byteLength || p.inCount === cap) break;
     }
-    if (taken < len) {
-      // Here the buffer is full, so a later delivery is sure to see the refusal and answer it.
+    if (taken < bytes.byteLength) {
       p.refused = true;
-      this.stats.ports[port]!.inputRefused += len - taken;
+      this.stats.ports[port]!.inputRefused += bytes.byteLength - taken;
     }
     return taken;
   }

@@ -23,6 +23,9 @@ export interface ConsolePortStatsLine {
   clientBytesIn: number;
   scrollbackDropped: number;
   clientDropped: number;
+  /** Times the guest's output was paused for a slow client (absent in older daemons: 0). */
+  outputPauses: number;
+  stalledClients: number;
   /** Bytes written into guest RX buffers (absent while no guest is connected). */
   rxBytes: number;
   rxBuffers: number;
@@ -163,6 +166,8 @@ export class ConsoleDaemonProcess {
         clientBytesIn: Number(o.clientBytesIn ?? 0),
         scrollbackDropped: Number(o.scrollbackDropped ?? 0),
         clientDropped: Number(o.clientDropped ?? 0),
+        outputPauses: Number(o.outputPauses ?? 0),
+        stalledClients: Number(o.stalledClients ?? 0),
         rxBytes: Number(o.rxBytes ?? 0),
         rxBuffers: Number(o.rxBuffers ?? 0),
         inputWaiting: Number(o.inputWaiting ?? 0),

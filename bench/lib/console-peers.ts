@@ -21,7 +21,7 @@ export interface ConPeerCounters {
   reads: number;
   /** write() calls. */
   writes: number;
-  /** Bytes read that did not match the pattern (checking reads only). */
+  /** Bytes of the first read that did not match the pattern (checking stops there). */
   mismatches: number;
 }
 
@@ -64,10 +64,14 @@ export class ConStreamPeer {
 
   /** Counts what arrives; with `check`, compares it with the pattern (stream offset = bytesIn). */
   readStart(check: boolean): void {
+    // After the first bad read the stream is out of step (bytes lost): stop checking, so a broken
+    // run does not turn the reader into the bottleneck.
+    let inStep = true;
     this.onData = check
       ? (b) => {
-          if (b.compare(patternAt(this.counters.bytesIn, b.length)) !== 0) {
+          if (inStep && b.compare(patternAt(this.counters.bytesIn, b.length)) !== 0) {
             this.counters.mismatches += countMismatches(b, this.counters.bytesIn);
+            inStep = false;
           }
         }
       : null;

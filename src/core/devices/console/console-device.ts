@@ -496,9 +496,26 @@ export class ConsoleDevice implements VirtioDevice {
           if (!this.badChain(q, chain, err)) return;
           continue;
         }
-        this.emit(port, chain, mem, stats);
-        // The device writes nothing into transmit buffers: used length 0.
+        const len = chain.readableLength;
+        if (len > this.scratch.byteLength) {
+          this.emit(port, chain, mem, stats);
+          // The device writes nothing into transmit buffers: used length 0.
+          q.pushUsed(chain.head, 0);
+          continue;
+        }
+        // Copy out, return the buffer, then hand the bytes over: the guest's writer (which waits
+        // for its buffer) goes on while the backend writes to its client.
+        const n = len === 0 ? 0 : chain.read(mem, 0, this.scratch, 0, len);
         q.pushUsed(chain.head, 0);
+        q.publish();
+        if (len > 0 && n <= 0) {
+          this.stats.badChains++;
+          continue;
+        }
+        if (n > 0) {
+          stats.txBytes += n;
+          this.handler.output(port, this.scratch.subarray(0, n));
+        }
       }
       q.publish();
     } while (q.armKick());

@@ -1,5 +1,6 @@
 /**
- * vhost-device-can benchmarks (not tests): `npm run bench [-- --quick] [--only=LIST] [--tsx]`.
+ * vhost-device-can and vhost-device-console benchmarks (not tests):
+ * `npm run bench [-- --quick] [--only=LIST] [--tsx]`.
  *
  * The daemon runs in its own process (compiled dist/cli/vhost-device-can.js, rebuilt when src/ is
  * newer), driven over real vhost-user sockets, memfd guest RAM and eventfds by the TypeScript
@@ -14,6 +15,9 @@
  *   scale  1, 4, 16 guests on one bus, all sending and receiving; daemon CPU per frame; the 16-guest
  *          daemon also gives the idle CPU and the memory figures.
  *   prof   the tp 8-byte / 64-per-kick scenario with the daemon under --cpu-prof; top self time.
+ *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
+ *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
+ *          with 16 guests.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  */
 import { mkdirSync, readdirSync } from 'node:fs';

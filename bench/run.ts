@@ -1,5 +1,6 @@
 /**
- * vhost-device-can benchmarks (not tests): `npm run bench [-- --quick] [--only=LIST] [--tsx]`.
+ * vhost-device-can and vhost-device-console benchmarks (not tests):
+ * `npm run bench [-- --quick] [--only=LIST] [--tsx]`.
  *
  * The daemon runs in its own process (compiled dist/cli/vhost-device-can.js, rebuilt when src/ is
  * newer), driven over real vhost-user sockets, memfd guest RAM and eventfds by the TypeScript
@@ -14,6 +15,9 @@
  *   scale  1, 4, 16 guests on one bus, all sending and receiving; daemon CPU per frame; the 16-guest
  *          daemon also gives the idle CPU and the memory figures.
  *   prof   the tp 8-byte / 64-per-kick scenario with the daemon under --cpu-prof; top self time.
+ *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
+ *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
+ *          with 16 guests.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  */
 import { mkdirSync, readdirSync } from 'node:fs';
@@ -22,6 +26,15 @@ import { join } from 'node:path';
 import type { NativeAddon } from '../src/node/native/addon.js';
 import { type BuildInfo, loadNative, prepareBuild, REPO_ROOT } from './lib/build.js';
 import { sleep, withTimeout } from './lib/children.js';
+import {
+  type ConFlowResult,
+  type ConIdleResult,
+  type ConLatencyResult,
+  type ConSettings,
+  conFlow,
+  conIdle,
+  conPing,
+} from './lib/console-bench.js';
 import { DaemonProcess } from './lib/daemon-process.js';
 import {
   type CpuShares,
@@ -42,7 +55,7 @@ import { writeJson } from './lib/write-json.js';
 
 // ---- configuration --------------------------------------------------------------------------------
 
-const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof'] as const;
+const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con'] as const;
 type Phase = (typeof PHASES)[number];
 
 interface Config {
@@ -62,6 +75,8 @@ interface Config {
   rxSizes: number[];
   rxFrames: FrameName[];
   scaleGuests: number[];
+  /** The console phase's settings. */
+  con: ConSettings;
   /** Time limit of each phase. */
   phaseLimitMs: Record<Phase, number>;
   /** Longest wait for a quiet machine before one measurement / before a phase. */
@@ -109,9 +124,20 @@ function parseConfig(argv: readonly string[]): Config | null {
     rxSizes: quick ? [64, 1024] : [64, 256, 1024],
     rxFrames: quick ? ['classic8'] : ['classic8', 'fd64'],
     scaleGuests: [1, 4, 16],
+    con: {
+      warmMs: quick ? 250 : 500,
+      measureMs: quick ? 1000 : 3000,
+      queueSize: 256,
+      writeChunk: 32 * 1024,
+      clientChunk: 64 * 1024,
+      pingCount: quick ? 3000 : 10_000,
+      pingWarmup: quick ? 300 : 1000,
+      idleGuests: 16,
+      idleMs: quick ? 3000 : 10_000,
+    },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000 }
-      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000 },
+      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000 }
+      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000 },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
   };
@@ -343,6 +369,7 @@ interface Results {
   idle: IdleResult | null;
   memory: MemoryRow[];
   profile: (ProfileSummary & { flow: FlowResult }) | null;
+  con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
   errors: { phase: string; error: string }[];
   notes: string[];
 }
@@ -1007,6 +1034,40 @@ async function phaseProf(ctx: Ctx, res: Results): Promise<void> {
   res.profile = { ...main, flow: f };
 }
 
+async function phaseCon(ctx: Ctx, res: Results): Promise<void> {
+  const con = {
+    flows: [] as ConFlowResult[],
+    latency: [] as ConLatencyResult[],
+    idle: null as ConIdleResult | null,
+  };
+  res.con = con;
+  const c = ctx.cfg.con;
+  for (const direction of ['guest->client', 'client->guest'] as const) {
+    for (const path of ['device', 'baseline'] as const) {
+      log(`con: ${direction} throughput, ${path}`);
+      const r = await measured(ctx, `con ${direction} ${path}`, () => conFlow(ctx, c, direction, path));
+      con.flows.push(r);
+      if (!r.intact) {
+        res.notes.push(
+          `console ${direction} ${path}: ${r.missingBytes} byte(s) sent but not received, ${r.mismatches} corrupt byte(s)` +
+            (r.droppedMiBps
+              ? ' (the daemon dropped output the client did not read in time; counted as clientDropped)'
+              : ''),
+        );
+      }
+    }
+  }
+  for (const path of ['device', 'baseline'] as const) {
+    log(`con: keystroke round trip, ${path}, ${c.pingCount} round trips`);
+    const r = await measured(ctx, `con ping ${path}`, () => conPing(ctx, c, path));
+    con.latency.push(r);
+    if (r.wrong > 0) res.notes.push(`console keystroke echo ${path}: ${r.wrong} wrong byte(s) echoed`);
+  }
+  log(`con: idle, ${c.idleGuests} guests, ${c.idleMs / 1000} s`);
+  await ctx.quietGate(ctx.cfg.gateMs);
+  con.idle = await conIdle(ctx, c);
+}
+
 // ---- report ----------------------------------------------------------------------------------------
 
 function report(res: Results): string {
@@ -1333,9 +1394,16 @@ function report(res: Results): string {
       ),
     );
   }
-  const spoilt = [...res.tp, ...res.baselineTp, ...res.rx, ...res.latency, ...res.scale].filter(
-    (r) => r.cpu.other > OTHER_LIMIT,
-  ).length;
+  if (res.con !== null) conReport(res.con, out);
+  const spoilt = [
+    ...res.tp,
+    ...res.baselineTp,
+    ...res.rx,
+    ...res.latency,
+    ...res.scale,
+    ...(res.con?.flows ?? []),
+    ...(res.con?.latency ?? []),
+  ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
       `note: ${spoilt} measurement(s) ran while other processes used more than ${OTHER_LIMIT}% of a core (column "other"),`,
@@ -1345,6 +1413,113 @@ function report(res: Results): string {
   for (const n of res.notes) out.push(`note: ${n}`);
   for (const e of res.errors) out.push(`ERROR in ${e.phase}: ${e.error}`);
   return out.join('\n');
+}
+
+function conReport(con: NonNullable<Results['con']>, out: string[]): void {
+  if (con.flows.length > 0) {
+    const base = (f: ConFlowResult): ConFlowResult | undefined =>
+      con.flows.find((x) => x.path === 'baseline' && x.direction === f.direction);
+    out.push(
+      table(
+        '8. console throughput (vhost-device-console, one guest, its console on TCP; MiB/s)',
+        [
+          'direction',
+          'path',
+          'chunk',
+          'received',
+          'sent',
+          'dropped',
+          'dev/base',
+          'writes/s',
+          'reads/s',
+          'intact',
+          'daemon',
+          'relay',
+          'guest',
+          'client',
+          'other',
+          'saturated',
+        ],
+        con.flows.map((f) => {
+          const b = f.path === 'device' ? base(f) : undefined;
+          return [
+            f.direction,
+            f.path,
+            f.chunk,
+            fixed(f.receivedMiBps),
+            fixed(f.sentMiBps),
+            f.droppedMiBps === null ? '-' : fixed(f.droppedMiBps),
+            b ? fixed(f.receivedMiBps / b.receivedMiBps, 2) : '-',
+            int(f.writesPerS),
+            int(f.readsPerS),
+            f.intact ? 'yes' : `NO (${int(f.missingBytes)} missing, ${int(f.mismatches)} bad)`,
+            pct(f.cpu.perRole.daemon),
+            pct(f.cpu.perRole.blRelay),
+            pct(f.cpu.perRole.loadA),
+            pct(f.cpu.perRole.loadB),
+            pct(f.cpu.other),
+            f.saturated,
+          ];
+        }),
+        [
+          'guest->client: the guest writes 32 KiB output buffers (Linux port_fops_write chunks), one in flight,',
+          'each returned before the next (Linux waits for it); a TCP client reads, bytes counted at the client.',
+          'client->guest: the TCP client writes 64 KiB pieces as fast as the socket takes them; the guest reads',
+          'its 4 KiB RX buffers and re-posts each at once (reads/s = used RX buffers/s). received = at the',
+          'receiving end, sent = at the sender, dropped = output the daemon dropped for a client that did not',
+          'read in time. intact = after the sender stopped, every byte sent arrived and matched the pattern',
+          '(whole run). baseline: guest peer <-> Unix socket <-> relay process (stream.pipe) <-> TCP <-> client.',
+        ],
+      ),
+    );
+  }
+  if (con.latency.length > 0) {
+    const b = con.latency.find((l) => l.path === 'baseline');
+    out.push(
+      table(
+        '9. console keystroke round trip (client sends 1 byte, the guest echoes it; us)',
+        ['path', 'n', 'rt/s', 'median', 'p90', 'p99', 'p99.9', 'max', 'med/base', 'wrong', 'daemon', 'relay'],
+        con.latency.map((l) => [
+          l.path,
+          int(l.summary.n),
+          int(l.roundTripsPerS),
+          fixed(l.summary.medianUs),
+          fixed(l.summary.p90Us),
+          fixed(l.summary.p99Us),
+          fixed(l.summary.p999Us),
+          fixed(l.summary.maxUs),
+          l.path === 'device' && b ? fixed(l.summary.medianUs / b.summary.medianUs, 2) : '-',
+          int(l.wrong),
+          pct(l.cpu.perRole.daemon),
+          pct(l.cpu.perRole.blRelay),
+        ]),
+        [
+          'device: client (TCP) -> daemon -> guest RX buffer -> guest echoes it as output -> daemon -> client.',
+          'baseline: client (TCP) -> relay -> Unix socket -> echo peer -> relay -> client. One byte in flight.',
+        ],
+      ),
+    );
+  }
+  if (con.idle !== null) {
+    const i = con.idle;
+    out.push(
+      table(
+        '10. console idle: guests connected (console open, RX buffers posted), no clients, nobody writes',
+        ['guests', 'seconds', 'daemon CPU s', 'daemon', 'load procs', 'daemon RSS kB'],
+        [
+          [
+            i.guests,
+            fixed(i.seconds, 1),
+            fixed(i.daemonCpuSeconds, 2),
+            `${fixed(i.daemonCpuPercent, 2)}%`,
+            `${fixed(i.loadCpuPercent, 2)}%`,
+            int(i.rssKb),
+          ],
+        ],
+        ['CPU from /proc/<pid>/stat: resolution 10 ms.'],
+      ),
+    );
+  }
 }
 
 // ---- main ------------------------------------------------------------------------------------------
@@ -1399,6 +1574,7 @@ async function main(): Promise<number> {
     idle: null,
     memory: [],
     profile: null,
+    con: null,
     errors: [],
     notes: [],
   };
@@ -1412,6 +1588,7 @@ async function main(): Promise<number> {
     lat: phaseLat,
     scale: phaseScale,
     prof: phaseProf,
+    con: phaseCon,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

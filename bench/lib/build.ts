@@ -28,6 +28,8 @@ export interface BuildInfo {
   kind: 'compiled' | 'tsx';
   /** node flags + script of the daemon CLI (arguments follow) */
   daemonArgv: string[];
+  /** node flags + script of the console daemon CLI (vhost-device-console) */
+  consoleArgv: string[];
   /** node flags + script of a load process */
   workerArgv: string[];
   /** module URL of the addon binding to import in the orchestrator */
@@ -74,6 +76,7 @@ export async function prepareBuild(opts: {
     return {
       kind: 'tsx',
       daemonArgv: ['--import', 'tsx', join(REPO_ROOT, 'src/cli/vhost-device-can.ts')],
+      consoleArgv: ['--import', 'tsx', join(REPO_ROOT, 'src/cli/vhost-device-console.ts')],
       workerArgv: ['--import', 'tsx', join(REPO_ROOT, 'bench/lib/worker.ts')],
       addonModule: pathToFileURL(join(REPO_ROOT, 'src/node/native/addon.ts')).href,
       note: 'TypeScript sources through tsx (--tsx)',
@@ -111,21 +114,23 @@ export async function prepareBuild(opts: {
   });
   const errors = r.status === 0 ? '' : tscErrors(`${r.stdout ?? ''}${r.stderr ?? ''}`);
   const daemonEntry = join(out, 'src/cli/vhost-device-can.js');
+  const consoleEntry = join(out, 'src/cli/vhost-device-console.js');
   const workerEntry = join(out, 'bench/lib/worker.js');
-  if (!existsSync(daemonEntry) || !existsSync(workerEntry)) {
+  if (!existsSync(daemonEntry) || !existsSync(consoleEntry) || !existsSync(workerEntry)) {
     throw new Error(`tsc produced no ${daemonEntry} (${errors || `exit ${r.status}`})`);
   }
   const addon = await waitForAddon(120_000, opts.log);
   mkdirSync(join(out, 'build/Release'), { recursive: true });
   copyFileSync(addon, join(out, ADDON_REL));
   copyFileSync(join(REPO_ROOT, 'package.json'), join(out, 'package.json'));
-  const bad = daemonStarts([daemonEntry]);
+  const bad = daemonStarts([daemonEntry]) ?? daemonStarts([consoleEntry]);
   if (bad !== null) {
     throw new Error(`the compiled daemon does not start: ${bad}${errors ? ` (tsc: ${errors})` : ''}`);
   }
   return {
     kind: 'compiled',
     daemonArgv: [daemonEntry],
+    consoleArgv: [consoleEntry],
     workerArgv: [workerEntry],
     addonModule: pathToFileURL(join(out, 'src/node/native/addon.js')).href,
     note: errors

@@ -4,6 +4,8 @@
  * shares between two snapshots, plus a verdict on which side saturated.
  */
 import type { GuestCounters } from './bench-guest.js';
+import type { ConsoleGuestCounters } from './console-guest.js';
+import type { ConPeerCounters } from './console-peers.js';
 import type { DaemonProcess, DaemonStats } from './daemon-process.js';
 import { machineCpu, procCpuSeconds } from './proc.js';
 import type { SockCounters } from './sock-peer.js';
@@ -14,6 +16,9 @@ export interface Snapshot {
   daemon: DaemonStats | null;
   guests: Record<string, GuestCounters>;
   sock: Record<string, SockCounters | null>;
+  /** Console guests and stream peers, by key. */
+  conGuests: Record<string, ConsoleGuestCounters>;
+  conPeers: Record<string, ConPeerCounters>;
   /** CPU seconds per role (daemon, worker names, 'bench' = this orchestrator). */
   cpu: Record<string, number>;
   machineBusy: number;
@@ -35,11 +40,25 @@ export async function snapshot(
   const m = machineCpu();
   const guests: Record<string, GuestCounters> = {};
   const sock: Record<string, SockCounters | null> = {};
+  const conGuests: Record<string, ConsoleGuestCounters> = {};
+  const conPeers: Record<string, ConPeerCounters> = {};
   workers.forEach((w, i) => {
     Object.assign(guests, counters[i]!.guests);
+    Object.assign(conGuests, counters[i]!.conGuests);
+    Object.assign(conPeers, counters[i]!.conPeers);
     sock[w.name] = counters[i]!.sock;
   });
-  return { atNs, daemon: stats, guests, sock, cpu, machineBusy: m.busy, machineTotal: m.total };
+  return {
+    atNs,
+    daemon: stats,
+    guests,
+    sock,
+    conGuests,
+    conPeers,
+    cpu,
+    machineBusy: m.busy,
+    machineTotal: m.total,
+  };
 }
 
 export interface CpuShares {

@@ -3,6 +3,8 @@
  * over the fork() IPC channel: [arguments, result] per command.
  */
 import type { GuestCounters } from './bench-guest.js';
+import type { ConsoleGuestCounters } from './console-guest.js';
+import type { ConAddress, ConPeerCounters } from './console-peers.js';
 import type { LatencySummary, PacedResult } from './latency.js';
 import type { SockCounters } from './sock-peer.js';
 
@@ -32,7 +34,15 @@ export interface WorkerCommands {
   'batch-start': [{ keys: string[]; frame: FrameSpec; batch: number }, Record<string, never>];
   /** Stops posting and waits for every TX frame in flight to complete. */
   'flood-stop': [{ keys: string[] }, { drained: boolean }];
-  counters: [Record<string, never>, { guests: Record<string, GuestCounters>; sock: SockCounters | null }];
+  counters: [
+    Record<string, never>,
+    {
+      guests: Record<string, GuestCounters>;
+      sock: SockCounters | null;
+      conGuests: Record<string, ConsoleGuestCounters>;
+      conPeers: Record<string, ConPeerCounters>;
+    },
+  ];
   /** One frame in flight: send, wait until the other guest received it, send the next. */
   pingpong: [
     { sender: string; receiver: string; count: number; warmup: number; timeoutMs: number },
@@ -63,6 +73,29 @@ export interface WorkerCommands {
   ];
   'sock-latency': [Record<string, never>, LatencySummary & { received: number }];
   'sock-stop': [Record<string, never>, SockCounters | null];
+
+  // ---- console (bench/lib/console-guest.ts, bench/lib/console-peers.ts) ---------------------------
+  /** A console guest: probe through ConsoleTestDriver, then lean loops on port 0's rings. */
+  'con-connect': [{ key: string; path: string; queueSize: number }, { features: string }];
+  /** The guest writes `chunk`-byte output buffers back to back, one in flight. */
+  'con-write-start': [{ key: string; chunk: number }, Record<string, never>];
+  'con-write-stop': [{ key: string }, { drained: boolean }];
+  /** The guest reads its RX buffers (checking the pattern) or echoes them. */
+  'con-read-start': [{ key: string; mode: 'read' | 'echo' }, Record<string, never>];
+  /** A stream peer: a TCP client of a console port, or a peer of the baseline relay. */
+  'con-peer-connect': [{ key: string; addr: ConAddress }, Record<string, never>];
+  'con-peer-read-start': [{ key: string; check: boolean }, Record<string, never>];
+  'con-peer-write-start': [{ key: string; chunk: number }, Record<string, never>];
+  'con-peer-write-stop': [{ key: string }, { drained: boolean }];
+  'con-peer-echo-start': [{ key: string }, Record<string, never>];
+  'con-peer-ping': [
+    { key: string; count: number; warmup: number; timeoutMs: number },
+    LatencySummary & { seconds: number; wrong: number },
+  ];
+  /** The baseline relay: listens on `path` (Unix) and an ephemeral TCP port, which it returns. */
+  'con-relay-start': [{ path: string }, { port: number }];
+  /** Closes every console guest, stream peer and relay of this process. */
+  'con-close': [Record<string, never>, { closed: number }];
 }
 
 export type WorkerCommand = keyof WorkerCommands;

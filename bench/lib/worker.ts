@@ -4,6 +4,8 @@
  * It exits when the orchestrator goes away (IPC disconnect), closing every guest first.
  */
 import { BenchGuest } from './bench-guest.js';
+import { ConsoleBenchGuest } from './console-guest.js';
+import { ConRelay, ConStreamPeer } from './console-peers.js';
 import { LatencyRecorder, type LatencySummary, pacedLoop } from './latency.js';
 import type { WorkerCommand, WorkerCommands, WorkerReply, WorkerRequest } from './protocol.js';
 import { SockReceiver, SockRelay, SockSender } from './sock-peer.js';
@@ -18,6 +20,32 @@ let sockSender: SockSender | null = null;
 let sockReceiver: SockReceiver | null = null;
 let sockRelay: SockRelay | null = null;
 let sockRecorder: LatencyRecorder | null = null;
+const conGuests = new Map<string, ConsoleBenchGuest>();
+const conPeers = new Map<string, ConStreamPeer>();
+let conRelay: ConRelay | null = null;
+
+function conGuest(key: string): ConsoleBenchGuest {
+  const g = conGuests.get(key);
+  if (g === undefined) throw new Error(`no console guest "${key}" in worker ${process.pid}`);
+  return g;
+}
+
+function conPeer(key: string): ConStreamPeer {
+  const p = conPeers.get(key);
+  if (p === undefined) throw new Error(`no console peer "${key}" in worker ${process.pid}`);
+  return p;
+}
+
+function conClose(): number {
+  const n = conGuests.size + conPeers.size + (conRelay === null ? 0 : 1);
+  for (const g of conGuests.values()) g.close();
+  for (const p of conPeers.values()) p.close();
+  conRelay?.stop();
+  conGuests.clear();
+  conPeers.clear();
+  conRelay = null;
+  return n;
+}
 
 function guest(key: string): BenchGuest {
   const g = guests.get(key);
@@ -111,7 +139,11 @@ const handlers: Handlers = {
     const out: Record<string, BenchGuest['counters']> = {};
     for (const [k, g] of guests) out[k] = { ...g.counters };
     const s = sockSender ?? sockReceiver ?? sockRelay;
-    return { guests: out, sock: s === null ? null : { ...s.counters } };
+    const cg: Record<string, ConsoleBenchGuest['counters']> = {};
+    for (const [k, g] of conGuests) cg[k] = { ...g.counters };
+    const cp: Record<string, ConStreamPeer['counters']> = {};
+    for (const [k, p] of conPeers) cp[k] = { ...p.counters };
+    return { guests: out, sock: s === null ? null : { ...s.counters }, conGuests: cg, conPeers: cp };
   },
 
   pingpong(a) {
@@ -271,6 +303,68 @@ const handlers: Handlers = {
     sockRelay = null;
     return c;
   },
+
+  // ---- console ----------------------------------------------------------------------------------
+
+  async 'con-connect'(a) {
+    if (conGuests.has(a.key)) throw new Error(`console guest "${a.key}" exists`);
+    const g = await ConsoleBenchGuest.connect({ path: a.path, queueSize: a.queueSize });
+    conGuests.set(a.key, g);
+    return { features: `0x${g.drv.features.toString(16)}` };
+  },
+
+  'con-write-start'(a) {
+    conGuest(a.key).writeStart(a.chunk);
+    return {};
+  },
+
+  async 'con-write-stop'(a) {
+    return { drained: await conGuest(a.key).writeStop(5000) };
+  },
+
+  'con-read-start'(a) {
+    conGuest(a.key).readStart(a.mode);
+    return {};
+  },
+
+  async 'con-peer-connect'(a) {
+    if (conPeers.has(a.key)) throw new Error(`console peer "${a.key}" exists`);
+    conPeers.set(a.key, await ConStreamPeer.connect(a.addr));
+    return {};
+  },
+
+  'con-peer-read-start'(a) {
+    conPeer(a.key).readStart(a.check);
+    return {};
+  },
+
+  'con-peer-write-start'(a) {
+    conPeer(a.key).writeStart(a.chunk);
+    return {};
+  },
+
+  async 'con-peer-write-stop'(a) {
+    return { drained: await conPeer(a.key).writeStop(5000) };
+  },
+
+  'con-peer-echo-start'(a) {
+    conPeer(a.key).echoStart();
+    return {};
+  },
+
+  'con-peer-ping'(a) {
+    return conPeer(a.key).ping(a.count, a.warmup, a.timeoutMs);
+  },
+
+  async 'con-relay-start'(a) {
+    if (conRelay !== null) throw new Error('a relay runs already');
+    conRelay = new ConRelay();
+    return { port: await conRelay.start(a.path) };
+  },
+
+  'con-close'() {
+    return { closed: conClose() };
+  },
 };
 
 function reply(r: WorkerReply): void {
@@ -280,6 +374,7 @@ function reply(r: WorkerReply): void {
 function shutdown(): void {
   for (const g of guests.values()) g.close();
   guests.clear();
+  conClose();
   process.exit(0);
 }
 

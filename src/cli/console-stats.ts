@@ -45,12 +45,19 @@ export function formatConsoleStats(con: ConsoleDaemon): LogFields[] {
         clientBytesIn: p.stats.clientBytesIn,
         scrollbackDropped: p.stats.scrollbackDropped,
         clientDropped: p.stats.clientDropped,
+        outputPauses: p.stats.outputPauses,
+        stalledClients: p.stats.stalledClients,
         logDropped: p.stats.logDropped,
         clients: p.stats.clients,
         refusedClients: p.stats.refusedClients,
         ...(d === undefined
           ? {}
-          : { rxBytes: d.rxBytes, rxBuffers: d.rxBuffers, inputWaiting: dev!.pendingInput(n) }),
+          : {
+              rxBytes: d.rxBytes,
+              rxBuffers: d.rxBuffers,
+              inputWaiting: dev!.pendingInput(n),
+              outputPaused: dev!.outputPaused(n),
+            }),
       });
     });
   });

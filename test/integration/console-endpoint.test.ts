@@ -33,6 +33,11 @@ class FakeDevice {
   setHostConnected(_port: number, c: boolean): void {
     this.connected.push(c);
   }
+  /** outputSpace() calls (the endpoint resuming the guest's output). */
+  spaces = 0;
+  outputSpace(_port: number): void {
+    this.spaces++;
+  }
 }
 const asDevice = (f: FakeDevice) => f as unknown as ConsoleDevice;
 
@@ -162,6 +167,88 @@ test('a new device (guest reboot, QEMU restart) takes over the client and the pe
   ep.bind(asDevice(dev2));
   assert.equal(Buffer.from(dev2.received).toString(), '!');
   c.s.destroy();
+});
+
+/** Prints pattern bytes while the endpoint lets it (canOutput), at most `max`; returns the bytes. */
+function printWhileAllowed(ep: ConsolePortEndpoint, from: number, max: number): Buffer {
+  const out: Buffer[] = [];
+  let n = 0;
+  while (n < max && ep.canOutput()) {
+    const b = Buffer.from(Array.from({ length: 16 * 1024 }, (_, i) => (from + n + i) % 251));
+    ep.output(b);
+    out.push(b);
+    n += b.length;
+  }
+  return Buffer.concat(out);
+}
+
+test('a client that reads slowly holds the guest back (output paused), then gets every byte', async (t) => {
+  const ep = new ConsolePortEndpoint({
+    label: 'g0 console',
+    port: 0,
+    scrollback: 64,
+    pauseAt: 64 * 1024,
+    sendLimit: 256 * 1024,
+    stallMs: 5000,
+    log: nullLogger,
+  });
+  const dev = new FakeDevice(0);
+  ep.bind(asDevice(dev));
+  const l = await listen(ep);
+  t.after(() => {
+    l.stop();
+    ep.close();
+  });
+  const c = await client(l.path);
+  await until('attached', () => ep.hasClient);
+  c.s.pause(); // not reading: the socket buffers fill, then the endpoint's send queue
+  const sent = printWhileAllowed(ep, 0, 64 * 1024 * 1024);
+  assert.equal(ep.canOutput(), false, 'output paused before 64 MiB');
+  assert.equal(ep.stats.outputPauses, 1);
+  assert.equal(ep.stats.clientDropped, 0);
+  await sleep(50);
+  assert.equal(dev.spaces, 0, 'still paused while the client reads nothing (within stallMs)');
+  c.s.resume();
+  await until('resumed', () => dev.spaces === 1);
+  assert.equal(ep.canOutput(), true);
+  await until('all bytes', () => c.data().length === sent.length, 5000);
+  assert.ok(c.data().equals(sent), 'every byte, in order');
+  assert.equal(ep.stats.clientDropped, 0);
+  assert.equal(ep.stats.stalledClients, 0);
+  c.s.destroy();
+});
+
+test('a client that reads nothing for stallMs no longer holds the guest; the excess is dropped and counted', async (t) => {
+  const ep = new ConsolePortEndpoint({
+    label: 'g0 console',
+    port: 0,
+    scrollback: 64,
+    pauseAt: 64 * 1024,
+    sendLimit: 256 * 1024,
+    stallMs: 150,
+    log: nullLogger,
+  });
+  const dev = new FakeDevice(0);
+  ep.bind(asDevice(dev));
+  const l = await listen(ep);
+  t.after(() => {
+    l.stop();
+    ep.close();
+  });
+  const c = await client(l.path);
+  await until('attached', () => ep.hasClient);
+  c.s.pause();
+  printWhileAllowed(ep, 0, 64 * 1024 * 1024);
+  assert.equal(ep.canOutput(), false);
+  await until('given up on the client', () => dev.spaces === 1, 3000);
+  assert.equal(ep.stats.stalledClients, 1);
+  assert.equal(ep.canOutput(), true, 'the guest prints on');
+  ep.output(Buffer.alloc(512 * 1024, 1));
+  assert.ok(ep.stats.clientDropped > 0, 'beyond the send queue bound output is dropped and counted');
+  // The client leaves: output goes to the scrollback, nothing is held.
+  c.s.destroy();
+  await until('detached', () => !ep.hasClient);
+  assert.equal(ep.canOutput(), true);
 });
 
 test('--log-file gets every byte the guest printed, client or not', async (t) => {

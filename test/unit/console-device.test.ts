@@ -544,7 +544,13 @@ test('input: each RX chain gets exactly one used entry with length = bytes writt
     'nothing written past the used length',
   );
   assert.equal(s.dev.pendingInput(0), 0);
-  assert.deepEqual(s.dev.stats.ports[0], { txBytes: 0, rxBytes: 24, rxBuffers: 3, inputRefused: 0 });
+  assert.deepEqual(s.dev.stats.ports[0], {
+    txBytes: 0,
+    rxBytes: 24,
+    rxBuffers: 3,
+    inputRefused: 0,
+    txPauses: 0,
+  });
 });
 
 test('RX chains are taken only when input exists; 1500 bytes over 100-byte buffers, no loss or duplicate', () => {
@@ -635,6 +641,47 @@ test('output is processed in bounded turns (fairness) and completes in order', (
     Array.from({ length: n }, (_, i) => i & 0xff),
     'in order',
   );
+});
+
+test('output flow control: canOutput false leaves the chains in the ring until outputSpace, in order', () => {
+  const turns: (() => void)[] = [];
+  const rec = new (class extends Rec {
+    room = 2; // chains the backend takes before it says no
+    canOutput(_port: number): boolean {
+      return this.room > 0;
+    }
+  })();
+  rec.onOutput = () => {
+    rec.room--;
+  };
+  const s = setup({ handler: rec, schedule: (fn) => turns.push(fn) });
+  handshake(s);
+  const tx = portTxQueue(0);
+  for (const w of ['ab', 'cd', 'ef', 'gh', 'ij']) s.h.post(tx, enc(w));
+  s.dev.queueNotified(tx);
+  assert.equal(rec.text(0), 'abcd', 'two chains out, then paused');
+  assert.equal(s.h.used(tx).length, 2, 'the paused chains are not completed');
+  assert.equal(s.dev.outputPaused(0), true);
+  assert.equal(s.dev.stats.ports[0]!.txPauses, 1);
+  // A kick while paused changes nothing (the backend still says no) and is not a second pause.
+  s.dev.queueNotified(tx);
+  assert.equal(s.h.used(tx).length, 2);
+  assert.equal(s.dev.stats.ports[0]!.txPauses, 1);
+  // Other ports are not held back.
+  s.h.post(portTxQueue(1), enc('x'));
+  rec.room = 1;
+  s.dev.queueNotified(portTxQueue(1));
+  assert.equal(rec.text(1), 'x');
+  rec.room = 100;
+  s.dev.outputSpace(0);
+  assert.equal(turns.length, 1, 'resumed on the next turn, not inside outputSpace()');
+  turns.shift()!();
+  assert.equal(rec.text(0), 'abcdefghij', 'all of it, in order');
+  assert.equal(s.h.used(tx).length, 5);
+  assert.equal(s.dev.outputPaused(0), false);
+  // outputSpace for a port that is not paused does nothing.
+  s.dev.outputSpace(0);
+  assert.equal(turns.length, 0);
 });
 
 test('input flow control: input() says what it took, inputSpace when there is room again', () => {

@@ -202,6 +202,7 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
         const handler: ConsoleHandler = {
           output: (port, bytes) => eps[port]?.output(bytes),
           inputSpace: (port) => eps[port]?.inputSpace(),
+          canOutput: (port) => eps[port]?.canOutput() ?? true,
           guestOpen: (port, open) =>
             devLog.info(open ? 'guest opened port' : 'guest closed port', { port: eps[port]?.label }),
           destroyed: () => {

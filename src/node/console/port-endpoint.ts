@@ -4,9 +4,13 @@
  *
  * - Guest output goes to the connected client; with no client it goes to a bounded scrollback
  *   that is replayed to the next client (the login prompt printed before anyone connected is
- *   there when someone does). Bytes that fall out of the scrollback are counted. A client that
- *   reads slower than the guest prints has a bounded send queue too: the excess is counted. The
- *   guest is never slowed down (its console output busy-waits on the device).
+ *   there when someone does). Bytes that fall out of the scrollback are counted.
+ * - A connected client that reads slower than the guest prints holds the guest back, like a serial
+ *   line's flow control: once `pauseAt` bytes wait in its send queue the device pauses the port's
+ *   output (the guest's writer waits for its buffer) and resumes when the queue drained. A client
+ *   that makes no progress for `stallMs` no longer holds the guest (a stuck client must not freeze
+ *   a guest's console): output flows again, and what exceeds the bounded send queue is dropped and
+ *   counted, until the client drains its queue.
  * - `--log-file` also appends everything the guest prints to a file (bounded write queue, counted).
  * - Client input is flow-controlled: what the device cannot take yet stays here and the client
  *   stream is paused until the device reports room (back-pressure reaches the client's socket).
@@ -27,6 +31,10 @@ export interface PortEndpointOptions {
   logFile?: string;
   /** Bytes queued to a client (or the log file) before output is dropped and counted. */
   sendLimit?: number;
+  /** Bytes queued to a client before the guest's output is paused (default 1 MiB). */
+  pauseAt?: number;
+  /** A client that takes nothing from its queue for this long stops holding the guest (ms). */
+  stallMs?: number;
   log: Logger;
 }
 
@@ -39,8 +47,12 @@ export interface PortEndpointStats {
   clientBytesIn: number;
   /** Output lost because the scrollback was full while no client was connected (oldest first). */
   scrollbackDropped: number;
-  /** Output lost because a connected client did not read fast enough. */
+  /** Output lost because a connected client stopped reading (after `stallMs` without progress). */
   clientDropped: number;
+  /** Times the guest's output was paused for a client that read slower than the guest printed. */
+  outputPauses: number;
+  /** Times a client made no progress for `stallMs` and the guest's output was let go again. */
+  stalledClients: number;
   logBytes: number;
   /** Output not logged: the log file's write queue was full, or the file failed. */
   logDropped: number;
@@ -49,6 +61,8 @@ export interface PortEndpointStats {
 }
 
 const DEFAULT_SEND_LIMIT = 4 * 1024 * 1024;
+const DEFAULT_PAUSE_AT = 1024 * 1024;
+const DEFAULT_STALL_MS = 2000;
 
 export class ConsolePortEndpoint {
   readonly label: string;
@@ -59,6 +73,8 @@ export class ConsolePortEndpoint {
     clientBytesIn: 0,
     scrollbackDropped: 0,
     clientDropped: 0,
+    outputPauses: 0,
+    stalledClients: 0,
     logBytes: 0,
     logDropped: 0,
     clients: 0,
@@ -66,6 +82,13 @@ export class ConsolePortEndpoint {
   };
   private readonly log: Logger;
   private readonly sendLimit: number;
+  private readonly pauseAt: number;
+  private readonly stallMs: number;
+  /** Output flow control towards the client: none, holding the guest, or given up (stalled client). */
+  private hold: 'none' | 'holding' | 'released' = 'none';
+  /** Send queue length when the hold started or last made progress. */
+  private heldAt = 0;
+  private stallTimer: ReturnType<typeof setTimeout> | null = null;
   private device: ConsoleDevice | null = null;
   private client: Duplex | null = null;
   private pendingIn: Uint8Array | null = null;
@@ -81,6 +104,8 @@ export class ConsolePortEndpoint {
     this.port = opts.port;
     this.log = opts.log;
     this.sendLimit = opts.sendLimit ?? DEFAULT_SEND_LIMIT;
+    this.pauseAt = Math.min(opts.pauseAt ?? DEFAULT_PAUSE_AT, this.sendLimit);
+    this.stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
     this.scroll = new Uint8Array(opts.scrollback);
     if (opts.logFile !== undefined) {
       const s = createWriteStream(opts.logFile, { flags: 'a' });
@@ -146,6 +171,60 @@ export class ConsolePortEndpoint {
     this.pushInput();
   }
 
+  /**
+   * Whether the guest's output may go on (asked by the device before each transmit chain): false
+   * while a connected client has `pauseAt` bytes or more waiting, unless it stalled.
+   */
+  canOutput(): boolean {
+    const c = this.client;
+    if (c === null || this.hold === 'released' || c.writableLength < this.pauseAt) return true;
+    if (this.hold === 'none') {
+      this.hold = 'holding';
+      this.heldAt = c.writableLength;
+      this.stats.outputPauses++;
+      this.armStall();
+    }
+    return false;
+  }
+
+  private armStall(): void {
+    if (this.stallTimer !== null) clearTimeout(this.stallTimer);
+    this.stallTimer = setTimeout(() => this.onStallTimer(), this.stallMs);
+  }
+
+  private onStallTimer(): void {
+    this.stallTimer = null;
+    const c = this.client;
+    if (c === null || this.hold !== 'holding') return;
+    const queued = c.writableLength;
+    if (queued < this.pauseAt) {
+      this.releaseHold();
+      return;
+    }
+    if (queued < this.heldAt) {
+      // The client is reading, just slowly: keep holding.
+      this.heldAt = queued;
+      this.armStall();
+      return;
+    }
+    this.hold = 'released';
+    this.stats.stalledClients++;
+    this.log.warn('console client reads nothing; guest output is no longer held for it (excess dropped)', {
+      port: this.label,
+      queued,
+    });
+    this.device?.outputSpace(this.port);
+  }
+
+  /** Ends a hold (the client drained its queue or left): the device resumes the port's output. */
+  private releaseHold(): void {
+    if (this.stallTimer !== null) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+    if (this.hold === 'none') return;
+    this.hold = 'none';
+    this.device?.outputSpace(this.port);
+  }
+
   // ---- client side -------------------------------------------------------------------------------
 
   /** Attaches a client stream; false when another client is connected (the caller refuses it). */
@@ -169,6 +248,9 @@ export class ConsolePortEndpoint {
       this.scrollCount = 0;
     }
     stream.on('data', (chunk: Buffer) => this.onClientData(stream, chunk));
+    stream.on('drain', () => {
+      if (this.client === stream) this.releaseHold();
+    });
     const gone = (): void => this.detachClient(stream);
     stream.once('close', gone);
     stream.once('end', gone);
@@ -185,6 +267,7 @@ export class ConsolePortEndpoint {
     if (this.client !== stream) return;
     this.client = null;
     this.pendingIn = null; // typed but undelivered bytes of a client that left are not replayed
+    this.releaseHold(); // output goes to the scrollback now
     this.device?.setHostConnected(this.port, false);
     if (!stream.destroyed) stream.destroy();
   }
@@ -252,6 +335,7 @@ export class ConsolePortEndpoint {
     if (this.closed) return;
     this.closed = true;
     if (this.client !== null) this.detachClient(this.client);
+    this.releaseHold();
     this.logStream?.end();
     this.logStream = null;
   }

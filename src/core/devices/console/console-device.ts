@@ -7,10 +7,13 @@
  * (`/dev/virtio-ports/NAME` in a Linux guest), present only when MULTIPORT is negotiated.
  *
  * Decisions beyond the spec text, with the reasoning:
- * - Guest output is consumed at once, always, whether a client is connected or not: Linux's console
- *   output and its control messages busy-wait until the device returns the buffer, so a device
- *   that waited for a client would freeze the guest's vCPU. What to do with bytes nobody reads is
- *   the backend's business (scrollback, log file).
+ * - Guest output is consumed at once, whether a client is connected or not, unless the backend
+ *   asks for a pause (`ConsoleHandler.canOutput` false: a connected client reads slower than the
+ *   guest prints). Then the port's transmit chains stay in the ring until `outputSpace(port)`, the
+ *   flow control of a serial line: Linux's console output busy-waits until the device returns the
+ *   buffer, so the pause holds the guest's writer, and the backend bounds it (a client that makes
+ *   no progress is given up on). What to do with bytes nobody reads is the backend's business
+ *   (scrollback, log file).
  * - Input is flow-controlled, never dropped: `input()` takes what fits in a bounded per-port
  *   buffer and says how much; `ConsoleHandler.inputSpace` tells the backend when to resume. RX
  *   buffers are taken from the ring only when there are bytes to put in them.
@@ -59,6 +62,11 @@ export interface ConsoleHandler {
   guestOpen?(port: number, open: boolean): void;
   /** `input(port)` refused bytes earlier and there is room again. */
   inputSpace?(port: number): void;
+  /**
+   * Asked before each transmit chain of `port`: false pauses the port's output (the chains stay in
+   * the ring) until the backend calls `outputSpace(port)`. Absent: always true.
+   */
+  canOutput?(port: number): boolean;
   /** The device is gone (its connection closed): stop calling it. */
   destroyed?(): void;
 }
@@ -112,6 +120,8 @@ export interface ConsolePortStats {
   rxBuffers: number;
   /** Bytes refused by input() because the port's input buffer was full (the backend keeps them). */
   inputRefused: number;
+  /** Times output was paused because the backend could not take more (canOutput false). */
+  txPauses: number;
 }
 
 export interface ConsoleDeviceStats {
@@ -178,6 +188,7 @@ export class ConsoleDevice implements VirtioDevice {
   private readonly ctl = new Uint8Array(CONSOLE_CONTROL_SIZE);
   private readonly ctlView = new DataView(this.ctl.buffer);
   private readonly pendingTx = new Set<number>();
+  private readonly pausedTx = new Set<number>();
   private txScheduled = false;
   private readonly schedule: (fn: () => void) => void;
   private destroyed = false;
@@ -227,7 +238,7 @@ export class ConsoleDevice implements VirtioDevice {
       refused: false,
     }));
     this.stats = {
-      ports: this.ports.map(() => ({ txBytes: 0, rxBytes: 0, rxBuffers: 0, inputRefused: 0 })),
+      ports: this.ports.map(() => ({ txBytes: 0, rxBytes: 0, rxBuffers: 0, inputRefused: 0, txPauses: 0 })),
       controlIn: 0,
       controlOut: 0,
       controlIgnored: 0,
@@ -283,6 +294,17 @@ export class ConsoleDevice implements VirtioDevice {
       this.stats.ports[port]!.inputRefused += bytes.byteLength - taken;
     }
     return taken;
+  }
+
+  /** The backend can take output on `port` again (after `canOutput` said no): resume it. */
+  outputSpace(port: number): void {
+    if (!this.pausedTx.delete(port) || this.destroyed) return;
+    this.scheduleTx(port);
+  }
+
+  /** Ports whose output is paused (the backend's `canOutput` said no). */
+  outputPaused(port: number): boolean {
+    return this.pausedTx.has(port);
   }
 
   /** The host side of `port` connected or disconnected (a client): PORT_OPEN to the guest. */
@@ -363,6 +385,7 @@ export class ConsoleDevice implements VirtioDevice {
 
   halt(): void {
     this.pendingTx.clear();
+    this.pausedTx.clear();
   }
 
   reset(): void {
@@ -445,9 +468,20 @@ export class ConsoleDevice implements VirtioDevice {
     const chain = this.txChain;
     const mem = host.memory;
     const stats = this.stats.ports[port]!;
+    const handler = this.handler;
+    const paces = handler.canOutput !== undefined;
     let budget = TX_BUDGET;
     do {
       for (;;) {
+        if (paces && !handler.canOutput!(port)) {
+          // Paused: the chains stay in the ring (no kick asked for) until outputSpace(port).
+          q.publish();
+          if (!this.pausedTx.has(port)) {
+            this.pausedTx.add(port);
+            stats.txPauses++;
+          }
+          return;
+        }
         if (budget-- === 0) {
           // Fairness: a guest printing nonstop must not starve the event loop; continue next turn.
           q.publish();
@@ -460,9 +494,26 @@ export class ConsoleDevice implements VirtioDevice {
           if (!this.badChain(q, chain, err)) return;
           continue;
         }
-        this.emit(port, chain, mem, stats);
-        // The device writes nothing into transmit buffers: used length 0.
+        const len = chain.readableLength;
+        if (len > this.scratch.byteLength) {
+          this.emit(port, chain, mem, stats);
+          // The device writes nothing into transmit buffers: used length 0.
+          q.pushUsed(chain.head, 0);
+          continue;
+        }
+        // Copy out, return the buffer, then hand the bytes over: the guest's writer (which waits
+        // for its buffer) goes on while the backend writes to its client.
+        const n = len === 0 ? 0 : chain.read(mem, 0, this.scratch, 0, len);
         q.pushUsed(chain.head, 0);
+        q.publish();
+        if (len > 0 && n <= 0) {
+          this.stats.badChains++;
+          continue;
+        }
+        if (n > 0) {
+          stats.txBytes += n;
+          this.handler.output(port, this.scratch.subarray(0, n));
+        }
       }
       q.publish();
     } while (q.armKick());

@@ -175,6 +175,7 @@ async function floodOnce(
   const build: BuildInfo = {
     kind: 'compiled',
     daemonArgv: [daemonEntry],
+    consoleArgv: [], // the flood bench runs no console daemon
     workerArgv: [],
     addonModule: '',
     note: '',

@@ -643,11 +643,13 @@ test('output is processed in bounded turns (fairness) and completes in order', (
   );
 });
 
-test('output flow control: canOutput false leaves the chains in the ring until outputSpace, in order', () => {
+test("output flow control: canOutput false leaves a named port's chains in the ring until outputSpace, in order", () => {
   const turns: (() => void)[] = [];
   const rec = new (class extends Rec {
     room = 2; // chains the backend takes before it says no
-    canOutput(_port: number): boolean {
+    asked: number[] = [];
+    canOutput(port: number): boolean {
+      this.asked.push(port);
       return this.room > 0;
     }
   })();
@@ -656,31 +658,35 @@ test('output flow control: canOutput false leaves the chains in the ring until o
   };
   const s = setup({ handler: rec, schedule: (fn) => turns.push(fn) });
   handshake(s);
-  const tx = portTxQueue(0);
+  const tx = portTxQueue(1);
   for (const w of ['ab', 'cd', 'ef', 'gh', 'ij']) s.h.post(tx, enc(w));
   s.dev.queueNotified(tx);
-  assert.equal(rec.text(0), 'abcd', 'two chains out, then paused');
+  assert.equal(rec.text(1), 'abcd', 'two chains out, then paused');
   assert.equal(s.h.used(tx).length, 2, 'the paused chains are not completed');
-  assert.equal(s.dev.outputPaused(0), true);
-  assert.equal(s.dev.stats.ports[0]!.txPauses, 1);
+  assert.equal(s.dev.outputPaused(1), true);
+  assert.equal(s.dev.stats.ports[1]!.txPauses, 1);
   // A kick while paused changes nothing (the backend still says no) and is not a second pause.
   s.dev.queueNotified(tx);
   assert.equal(s.h.used(tx).length, 2);
-  assert.equal(s.dev.stats.ports[0]!.txPauses, 1);
-  // Other ports are not held back.
-  s.h.post(portTxQueue(1), enc('x'));
-  rec.room = 1;
-  s.dev.queueNotified(portTxQueue(1));
-  assert.equal(rec.text(1), 'x');
+  assert.equal(s.dev.stats.ports[1]!.txPauses, 1);
+  // The console port is never paced (the guest spins on it), even while the backend says no.
+  rec.asked.length = 0;
+  s.h.post(portTxQueue(0), enc('x'));
+  s.h.post(portTxQueue(0), enc('y'));
+  s.dev.queueNotified(portTxQueue(0));
+  assert.equal(rec.text(0), 'xy');
+  assert.equal(s.h.used(portTxQueue(0)).length, 2);
+  assert.deepEqual(rec.asked, [], 'canOutput is not even asked for port 0');
+  assert.equal(s.dev.outputPaused(0), false);
   rec.room = 100;
-  s.dev.outputSpace(0);
+  s.dev.outputSpace(1);
   assert.equal(turns.length, 1, 'resumed on the next turn, not inside outputSpace()');
   turns.shift()!();
-  assert.equal(rec.text(0), 'abcdefghij', 'all of it, in order');
+  assert.equal(rec.text(1), 'abcdefghij', 'all of it, in order');
   assert.equal(s.h.used(tx).length, 5);
-  assert.equal(s.dev.outputPaused(0), false);
+  assert.equal(s.dev.outputPaused(1), false);
   // outputSpace for a port that is not paused does nothing.
-  s.dev.outputSpace(0);
+  s.dev.outputSpace(1);
   assert.equal(turns.length, 0);
 });
 

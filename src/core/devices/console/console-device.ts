@@ -7,13 +7,14 @@
  * (`/dev/virtio-ports/NAME` in a Linux guest), present only when MULTIPORT is negotiated.
  *
  * Decisions beyond the spec text, with the reasoning:
- * - Guest output is consumed at once, whether a client is connected or not, unless the backend
- *   asks for a pause (`ConsoleHandler.canOutput` false: a connected client reads slower than the
- *   guest prints). Then the port's transmit chains stay in the ring until `outputSpace(port)`, the
- *   flow control of a serial line: Linux's console output busy-waits until the device returns the
- *   buffer, so the pause holds the guest's writer, and the backend bounds it (a client that makes
- *   no progress is given up on). What to do with bytes nobody reads is the backend's business
- *   (scrollback, log file).
+ * - Console output (port 0) is consumed at once, always, client or not: Linux writes hvc output
+ *   with the port's lock held and interrupts off and spins until the device returns the buffer,
+ *   so holding it would freeze a guest vCPU (QEMU never throttles console ports either). What to
+ *   do with bytes nobody reads is the backend's business (scrollback, log file, counted drops).
+ * - Named ports (1..n) may be paced: when the backend asks (`ConsoleHandler.canOutput` false: a
+ *   connected client reads slower than the guest writes) their transmit chains stay in the ring
+ *   until `outputSpace(port)`, like a serial line's flow control. A Linux writer on a generic port
+ *   sleeps until the device returns buffers, so this costs the guest nothing but waiting.
  * - Input is flow-controlled, never dropped: `input()` takes what fits in a bounded per-port
  *   buffer and says how much; `ConsoleHandler.inputSpace` tells the backend when to resume. RX
  *   buffers are taken from the ring only when there are bytes to put in them.
@@ -63,8 +64,9 @@ export interface ConsoleHandler {
   /** `input(port)` refused bytes earlier and there is room again. */
   inputSpace?(port: number): void;
   /**
-   * Asked before each transmit chain of `port`: false pauses the port's output (the chains stay in
-   * the ring) until the backend calls `outputSpace(port)`. Absent: always true.
+   * Asked before each transmit chain of a named port (never for port 0, the console): false pauses
+   * the port's output (the chains stay in the ring) until the backend calls `outputSpace(port)`.
+   * Absent: always true.
    */
   canOutput?(port: number): boolean;
   /** The device is gone (its connection closed): stop calling it. */
@@ -469,7 +471,8 @@ export class ConsoleDevice implements VirtioDevice {
     const mem = host.memory;
     const stats = this.stats.ports[port]!;
     const handler = this.handler;
-    const paces = handler.canOutput !== undefined;
+    // Never the console port: the guest spins on it (see the header).
+    const paces = handler.canOutput !== undefined && port !== 0;
     let budget = TX_BUDGET;
     do {
       for (;;) {

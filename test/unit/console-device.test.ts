@@ -85,6 +85,11 @@ class Harness implements DeviceHost {
         ),
     );
   }
+  /** How deferred work runs (default: at once); tests replace it to hold turns. */
+  scheduleFn: (fn: () => void) => void = (fn) => fn();
+  schedule(fn: () => void): void {
+    this.scheduleFn(fn);
+  }
   disabledQueue(): SplitQueue | null {
     return null; // every ring of this harness is enabled
   }
@@ -228,8 +233,10 @@ function setup(
   features = ALL,
 ) {
   const rec = (opts.handler as Rec | undefined) ?? new Rec();
-  const dev = new ConsoleDevice({ portNames: ['one', 'two'], ...opts, handler: rec });
+  const { schedule, ...devOpts } = opts;
+  const dev = new ConsoleDevice({ portNames: ['one', 'two'], ...devOpts, handler: rec });
   const h = new Harness(dev.numQueues);
+  if (schedule !== undefined) h.scheduleFn = schedule;
   h.ackedFeatures = features;
   dev.attach(h);
   dev.setFeatures(features);

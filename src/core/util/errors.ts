@@ -79,3 +79,14 @@ export function errorCodeOf(err: unknown): string {
   if (err && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
   return 'ERR_INTERNAL';
 }
+
+/**
+ * A failure thrown from device code, as the VhostError that marks the device broken: a VhostError
+ * keeps its code, anything else (a bug) becomes ERR_INTERNAL with the original as its cause.
+ */
+export function deviceFailure(err: unknown): VhostError {
+  if (err instanceof VhostError) return err;
+  return new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? String(err)}`, {
+    cause: err,
+  });
+}

@@ -49,6 +49,8 @@ export interface VirtioDevice {
   reset(): void;
   /** The connection is gone; release everything (bus ports, timers). Idempotent. */
   destroy(): void;
+  /** The device's counters, flat, for the statistics log lines (and the disconnect line). */
+  statsFields(): Record<string, number | string | boolean>;
 }
 
 export interface DeviceHost {
@@ -68,5 +70,11 @@ export interface DeviceHost {
   notifyConfigChange(): boolean;
   /** Unrecoverable guest misbehaviour: stop touching this device's rings until reset. */
   markBroken(err: VhostError): void;
+  /**
+   * Runs `fn` soon, after the current work (the next event-loop turn): deferred queue work, e.g.
+   * a budget that ran out, or RX batched after a burst from the bus. A failure inside `fn` marks
+   * this device broken, like any device hook; nothing runs once the connection is gone.
+   */
+  schedule(fn: () => void): void;
   readonly log: Logger;
 }

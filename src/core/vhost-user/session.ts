@@ -15,7 +15,7 @@
  * interrupts and no back-end messages (the config-change notification is deferred).
  */
 import { GuestMemory, type MappedRegion, validateRegionInfo } from '../memory/guest-memory.js';
-import { dispositionOf, errorCodeOf, VhostError } from '../util/errors.js';
+import { deviceFailure, dispositionOf, errorCodeOf, VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { featureBit, hasFeature, MAX_QUEUE_SIZE, VirtioFeature } from '../virtio/features.js';
 import { SplitQueue } from '../virtio/split-queue.js';
@@ -67,6 +67,8 @@ export interface SessionIo {
   pollKick(onPoll: () => void): { close(): void };
   /** Signals a call eventfd (one 8-byte write of 1). */
   signal(fd: number): void;
+  /** Runs `fn` after the current event-loop turn (setImmediate in the node layer). */
+  schedule(fn: () => void): void;
   /** Writes a message on the back-end channel; returns false if it could not be written now. */
   sendToBackendChannel(fd: number, bytes: Uint8Array): boolean;
 }
@@ -188,6 +190,13 @@ export class VhostUserSession implements DeviceHost {
     const v = this.vrings[index];
     if (v === undefined || !v.started || v.enabled || this.brokenBy !== null) return null;
     return v.queue;
+  }
+
+  schedule(fn: () => void): void {
+    if (this.closed) return;
+    this.io.schedule(() => {
+      if (!this.closed) this.callDevice(fn);
+    });
   }
 
   notifyConfigChange(): boolean {
@@ -763,12 +772,7 @@ export class VhostUserSession implements DeviceHost {
     try {
       fn();
     } catch (err) {
-      const e =
-        err instanceof VhostError
-          ? err
-          : new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? err}`, {
-              cause: err,
-            });
+      const e = deviceFailure(err);
       this.markBroken(e);
     }
   }

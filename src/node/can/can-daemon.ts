@@ -116,6 +116,9 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
     listenFds,
     log,
     ...(opts.protocolFeatures === undefined ? {} : { protocolFeatures: opts.protocolFeatures }),
+    onDeviceClosed: (index, dev) => {
+      if (devices[index] === dev) devices[index] = null;
+    },
     makeDevice: (index, devLog) => {
       const dev = new CanDevice({
         hub: hubOf(index),
@@ -125,35 +128,9 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
         ...(opts.indirectDesc === undefined ? {} : { indirectDesc: opts.indirectDesc }),
         ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
         ...(opts.rxBacklog === undefined ? {} : { rxBacklog: opts.rxBacklog }),
-        schedule: (fn) => setImmediate(fn),
         log: devLog,
       });
       devices[index] = dev;
-      const destroy = dev.destroy.bind(dev);
-      dev.destroy = () => {
-        if (devices[index] === dev) devices[index] = null;
-        // The counters die with the connection: log them so nothing is lost without a trace.
-        const st = dev.stats;
-        const rejected = Object.entries(st.txRejected)
-          .filter(([, v]) => v > 0)
-          .map(([k, v]) => `${k}:${v}`)
-          .join(',');
-        devLog.info('device statistics at disconnect', {
-          txOk: st.txOk,
-          txNotOk: st.txNotOk,
-          txRejected: rejected || '-',
-          rxDelivered: st.rxDelivered,
-          rxDroppedOverflow: dev.port.stats.rxDroppedOverflow,
-          rxFiltered: dev.port.stats.rxFiltered,
-          rxDiscardedStopped: dev.port.stats.rxDiscardedClosed,
-          rxShortBuffer: st.rxShortBuffer,
-          badChains: st.badChains,
-          ctrlDisabled: st.ctrlDisabled,
-          txAbandoned: st.txAbandoned,
-          busOff: st.busOff,
-        });
-        destroy();
-      };
       return dev;
     },
   });

@@ -196,21 +196,20 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
       listenFds,
       log,
       ...(opts.protocolFeatures === undefined ? {} : { protocolFeatures: opts.protocolFeatures }),
+      onDeviceClosed: (index, dev) => {
+        if (devices[index] === dev) devices[index] = null;
+        for (const e of endpoints[index]!) e.unbind(dev as ConsoleDevice);
+      },
       makeDevice: (index, devLog) => {
         const eps = endpoints[index]!;
-        let dev: ConsoleDevice;
         const handler: ConsoleHandler = {
           output: (port, bytes) => eps[port]?.output(bytes),
           inputSpace: (port) => eps[port]?.inputSpace(),
           canOutput: (port) => eps[port]?.canOutput() ?? true,
           guestOpen: (port, open) =>
             devLog.info(open ? 'guest opened port' : 'guest closed port', { port: eps[port]?.label }),
-          destroyed: () => {
-            if (devices[index] === dev) devices[index] = null;
-            for (const e of eps) e.unbind(dev);
-          },
         };
-        dev = new ConsoleDevice({
+        const dev = new ConsoleDevice({
           handler,
           portNames: names,
           ...(opts.features === undefined ? {} : { features: opts.features }),
@@ -220,7 +219,6 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
           eventIdx: opts.eventIdx ?? true,
           indirectDesc: opts.indirectDesc ?? true,
           ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
-          schedule: (fn) => setImmediate(fn),
           log: devLog,
         });
         devices[index] = dev;

@@ -65,6 +65,7 @@ export class VhostUserConnection {
       watchKick: (fd, onKick) => this.watchKick(fd, onKick),
       pollKick: (onPoll) => this.pollKick(onPoll),
       signal: (fd) => this.signal(fd),
+      schedule: (fn) => setImmediate(fn),
       sendToBackendChannel: (fd, bytes) => this.sendBackend(fd, bytes),
     };
     this.session = new VhostUserSession(

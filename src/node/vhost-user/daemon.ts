@@ -23,6 +23,11 @@ export interface DaemonOptions {
   listenFds?: readonly number[];
   /** Creates the device for a new connection on socket `index`. */
   makeDevice: (index: number, log: Logger) => VirtioDevice;
+  /**
+   * The connection on socket `index` closed and its device was destroyed (after its counters were
+   * logged): forget it.
+   */
+  onDeviceClosed?: (index: number, device: VirtioDevice) => void;
   log: Logger;
   protocolFeatures?: bigint;
 }
@@ -256,7 +261,10 @@ export class VhostUserDaemon {
         log,
         onClose: (reason) => {
           l.conn = null;
+          // The counters die with the connection: log them so nothing is lost without a trace.
+          log.info('device statistics at disconnect', device.statsFields());
           log.info('front-end disconnected; socket accepts again', { reason });
+          this.opts.onDeviceClosed?.(l.index, device);
         },
         ...(this.opts.protocolFeatures === undefined ? {} : { protocolFeatures: this.opts.protocolFeatures }),
       });

@@ -254,7 +254,6 @@ class InProcessConsoleBackend implements ConsoleBackend {
   private makeDevice(guest: number, log: Logger): ConsoleDevice {
     const dev = new ConsoleDevice({
       portNames: this.portNames,
-      schedule: (fn) => setImmediate(fn),
       log,
       handler: {
         output: (port, bytes) => {

@@ -89,6 +89,12 @@ export class FakeKernel implements SessionIo {
     return { close: () => this.kickWatches.delete(fd) };
   }
 
+  /** Work the session deferred (host.schedule): the test runs it. */
+  readonly scheduled: (() => void)[] = [];
+  schedule(fn: () => void): void {
+    this.scheduled.push(fn);
+  }
+
   pollKick(onPoll: () => void): { close(): void } {
     this.polls.add(onPoll);
     return { close: () => this.polls.delete(onPoll) };

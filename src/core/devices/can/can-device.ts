@@ -12,17 +12,18 @@
  *   frames arriving while the controller is stopped are discarded, never delivered after a START.
  * - Bus-off sets status bit 0 (value 1), stops the controller, fails pending TX and sends a
  *   config-change notification (deferred by the session while the device is suspended).
- * - RX processing triggered by the bus is deferred with the injected `schedule` so that a burst of
+ * - RX processing triggered by the bus is deferred with the host's `schedule` so that a burst of
  *   frames from another guest's batch costs one pass over our RX ring and one interrupt.
  */
 import type { CanFrame } from '../../bus/can-frame.js';
 import type { BusPortHandler, BusState, CanHub, HubPort, PortAcceptPolicy } from '../../bus/hub.js';
-import { VhostError } from '../../util/errors.js';
+import { deviceFailure } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { nullLogger } from '../../util/log.js';
 import type { DeviceHost, VirtioDevice } from '../../vhost-user/device.js';
 import { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { featureBit, hasFeature, VirtioFeature } from '../../virtio/features.js';
+import { type ChainHandler, type ChainHooks, QueueWorker } from '../../virtio/queue-worker.js';
 import type { SplitQueue } from '../../virtio/split-queue.js';
 import {
   CAN_CONFIG_SIZE,
@@ -74,8 +75,6 @@ export interface CanDeviceOptions {
   maxQueueSize?: number;
   /** Frames waiting for RX buffers, per guest, before drops are counted (default DEFAULT_RX_BACKLOG). */
   rxBacklog?: number;
-  /** Runs `fn` soon, after the current work (setImmediate in the node layer). */
-  schedule?: (fn: () => void) => void;
   log?: Logger;
 }
 
@@ -150,7 +149,6 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
 
   private host: DeviceHost | null = null;
   private log: Logger;
-  private readonly schedule: (fn: () => void) => void;
   private controller: ControllerState = 'stopped';
   private status = 0;
   private neg: CanNegotiated = { classic: false, fd: false, rtr: false, lateTxAck: false };
@@ -189,20 +187,37 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private fifoToken = 0; // token of the entry at fifoStart
   private nextToken = 0;
 
-  // Scheduled work runs outside the session's guarded calls (from the event loop directly), so it
-  // catches for itself: a failure breaks this device, never the daemon.
+  // Deferred work goes through host.schedule, which runs it guarded like any device hook.
   private rxScheduled = false;
   private readonly runRx = (): void => {
     this.rxScheduled = false;
-    this.guarded(this.processRxFn);
+    this.processRx();
   };
   private txScheduled = false;
   private readonly runTx = (): void => {
     this.txScheduled = false;
-    this.guarded(this.processTxFn);
+    this.processTx();
   };
-  private readonly processRxFn = (): void => this.processRx();
-  private readonly processTxFn = (): void => this.processTx();
+
+  /** The queue loops shared by every device (bad chains, budgets, kick re-arming). */
+  private readonly worker: QueueWorker;
+  private readonly txHooks: ChainHooks = {
+    // A TX chain that cannot be walked still completes in submission order, NOT_OK.
+    onBadChain: (_q, chain) => {
+      this.stats.txRejected[TxReject.BAD_CHAIN]++;
+      this.stats.txNotOk++;
+      this.enqueueTx(chain.head, -1, CanResult.NOT_OK);
+    },
+    // The ring itself is corrupt. Its used side is still usable: TX chains taken before this point
+    // are answered first (the pending ones NOT_OK), so every request the stats count as answered is
+    // in the used ring, in order, before the device stops touching the rings.
+    onCorrupt: () => this.cancelPendingTx(),
+    beforePublish: (q) => this.flushTx(q),
+  };
+  private readonly handleTx: ChainHandler = (chain, q) => this.txChain(chain, q);
+  private readonly handleCtrl: ChainHandler = (chain, q) => this.ctrlChain(chain, q);
+  private readonly handleRx: ChainHandler = (chain, q) => this.rxChain(chain, q);
+  private readonly framesWaiting = (): boolean => this.port.queued > 0;
 
   constructor(opts: CanDeviceOptions) {
     const sw = { ...DEFAULT_CAN_FEATURES, ...opts.features };
@@ -220,7 +235,11 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     if (max < 1 || max > 32768 || (max & (max - 1)) !== 0) throw new RangeError(`max queue size ${max}`);
     this.maxQueueSize = max;
     this.log = opts.log ?? nullLogger;
-    this.schedule = opts.schedule ?? ((fn) => fn());
+    this.worker = new QueueWorker(
+      () => this.host,
+      () => this.log,
+      this.stats,
+    );
     this.port = opts.hub.attach(this, {
       name: opts.portName,
       queueLimit: opts.rxBacklog ?? DEFAULT_RX_BACKLOG,
@@ -338,6 +357,32 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.port.setReceiving(false);
   }
 
+  statsFields(): Record<string, number | string | boolean> {
+    const st = this.stats;
+    const rejected = Object.entries(st.txRejected)
+      .filter(([, n]) => n > 0)
+      .map(([k, n]) => `${k}:${n}`)
+      .join(',');
+    const ps = this.port.stats;
+    return {
+      controller: this.controller,
+      status: this.status,
+      txOk: st.txOk,
+      txNotOk: st.txNotOk,
+      txRejected: rejected || '-',
+      rxDelivered: st.rxDelivered,
+      rxShortBuffer: st.rxShortBuffer,
+      badChains: st.badChains,
+      ctrlDisabled: st.ctrlDisabled,
+      txAbandoned: st.txAbandoned,
+      busOff: st.busOff,
+      rxDroppedOverflow: ps.rxDroppedOverflow,
+      rxFiltered: ps.rxFiltered,
+      rxDiscardedStopped: ps.rxDiscardedClosed,
+      rxQueued: this.port.queued,
+    };
+  }
+
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
@@ -345,21 +390,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.port.detach();
   }
 
-  private guarded(fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      this.fail(err);
-    }
-  }
-
   private fail(err: unknown): void {
-    const e =
-      err instanceof VhostError
-        ? err
-        : new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? String(err)}`, {
-            cause: err,
-          });
+    const e = deviceFailure(err);
     if (this.host !== null) this.host.markBroken(e);
     else this.log.error('device failure outside a connection', { code: e.code, reason: e.message });
   }
@@ -369,7 +401,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   onFramesAvailable(): void {
     if (this.rxScheduled || this.destroyed) return;
     this.rxScheduled = true;
-    this.schedule(this.runRx);
+    this.host?.schedule(this.runRx);
   }
 
   onTxComplete(token: number, ok: boolean): void {
@@ -419,56 +451,39 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   // ---- TX -------------------------------------------------------------------------------------
 
   private processTx(): void {
-    const host = this.host;
-    const q = host?.queue(CanQueue.TX) ?? null;
-    if (q === null || host === null) return;
-    const chain = this.chain;
-    const mem = host.memory;
-    let budget = TX_BUDGET;
-    do {
-      for (;;) {
-        if (budget-- === 0) {
-          // Fairness: a guest that keeps its TX ring full must not starve the other guests'
-          // RX delivery (scheduled on the same loop): publish this batch and continue later.
-          this.flushTx(q);
-          q.publish();
-          if (!this.txScheduled) {
-            this.txScheduled = true;
-            this.schedule(this.runTx);
-          }
-          return;
-        }
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, err)) return;
-          continue;
-        }
-        if (this.fifoCount === this.fifoHead.length) {
-          // Cannot happen with a well-behaved driver (at most `size` chains in flight); be safe.
-          this.completeNow(q, chain.head, chain.writableAddress(0), CanResult.NOT_OK);
-          continue;
-        }
-        const resultAddr = chain.writableAddress(0);
-        if (resultAddr < 0) {
-          // No room for the result: return the chain with used length 0 (the driver reads NOT_OK).
-          this.stats.txRejected[TxReject.NO_RESULT_BYTE]++;
-          this.stats.txNotOk++;
-          this.enqueueTx(chain.head, -1, CanResult.NOT_OK);
-          continue;
-        }
-        const reason = this.parseTx(chain, mem);
-        if (reason !== null) {
-          this.stats.txRejected[reason]++;
-          this.stats.txNotOk++;
-          this.enqueueTx(chain.head, resultAddr, CanResult.NOT_OK);
-          continue;
-        }
-        this.transmit(chain.head, resultAddr);
-      }
-      this.flushTx(q);
-      q.publish();
-    } while (q.armKick());
+    const q = this.host?.queue(CanQueue.TX) ?? null;
+    if (q === null) return;
+    // Fairness: a guest that keeps its TX ring full must not starve the other guests' RX delivery
+    // (scheduled on the same loop): after a budget the batch is published and the rest waits a turn.
+    const r = this.worker.drain(q, this.chain, this.handleTx, { ...this.txHooks, budget: TX_BUDGET });
+    if (r === 'budget' && !this.txScheduled) {
+      this.txScheduled = true;
+      this.host?.schedule(this.runTx);
+    }
+  }
+
+  private txChain(chain: DescriptorChain, q: SplitQueue): void {
+    if (this.fifoCount === this.fifoHead.length) {
+      // Cannot happen with a well-behaved driver (at most `size` chains in flight); be safe.
+      this.completeNow(q, chain.head, chain.writableAddress(0), CanResult.NOT_OK);
+      return;
+    }
+    const resultAddr = chain.writableAddress(0);
+    if (resultAddr < 0) {
+      // No room for the result: return the chain with used length 0 (the driver reads NOT_OK).
+      this.stats.txRejected[TxReject.NO_RESULT_BYTE]++;
+      this.stats.txNotOk++;
+      this.enqueueTx(chain.head, -1, CanResult.NOT_OK);
+      return;
+    }
+    const reason = this.parseTx(chain, this.host!.memory);
+    if (reason !== null) {
+      this.stats.txRejected[reason]++;
+      this.stats.txNotOk++;
+      this.enqueueTx(chain.head, resultAddr, CanResult.NOT_OK);
+      return;
+    }
+    this.transmit(chain.head, resultAddr);
   }
 
   /** Reads and validates the request; null when it is a valid frame now in hdrBytes. */
@@ -578,168 +593,95 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   }
 
   /**
-   * A chain that cannot be walked. With a valid head it is returned with used length 0 and
-   * processing goes on (reference.md 1.12, checklist 8.1 #30); an invalid head or avail index means
-   * the ring itself is corrupt, and the device is marked broken. Returns false to stop processing.
-   */
-  private badChain(q: SplitQueue, err: unknown): boolean {
-    if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
-    if (this.chain.head < 0) {
-      // The ring itself is corrupt. Its used side is still usable: TX chains taken before this
-      // point are answered first (the pending ones NOT_OK), so every request the stats count as
-      // answered is in the used ring, in order, before the device stops touching the rings.
-      if (q.index === CanQueue.TX) this.cancelPendingTx();
-      this.host?.markBroken(err);
-      return false;
-    }
-    this.stats.badChains++;
-    if (this.stats.badChains === 1 || this.log.debugEnabled) {
-      this.log.warn('malformed descriptor chain returned unused', {
-        queue: q.index,
-        code: err.code,
-        reason: err.message,
-      });
-    }
-    if (q.index === CanQueue.TX) {
-      this.stats.txRejected[TxReject.BAD_CHAIN]++;
-      this.stats.txNotOk++;
-      this.enqueueTx(this.chain.head, -1, CanResult.NOT_OK);
-    } else {
-      q.pushUsed(this.chain.head, 0);
-    }
-    return true;
-  }
-
-  /**
    * A started but disabled TX or control ring (vhost-user "Ring states"): every request is returned
    * NOT_OK at once and never acted on (no frame reaches the bus, no controller change). Nothing
    * taken from this ring is pending (disabling it cancelled that), so completing in place keeps
    * submission order.
    */
   private discardRequests(index: number): void {
-    const host = this.host;
-    const q = host?.disabledQueue(index) ?? null;
-    if (q === null || host === null) return;
-    const chain = this.chain;
-    let budget = TX_BUDGET;
-    do {
-      for (;;) {
-        if (budget-- === 0) {
-          // A driver refilling the ring as fast as we empty it must not hold the loop.
-          q.publish();
-          this.schedule(() => this.queueDiscard(index));
-          return;
-        }
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
-          if (chain.head < 0) {
-            host.markBroken(err);
-            return;
-          }
-          this.stats.badChains++;
-          if (index === CanQueue.TX) {
-            this.stats.txRejected[TxReject.BAD_CHAIN]++;
-            this.stats.txNotOk++;
-          }
-          q.pushUsed(chain.head, 0);
-          continue;
-        }
-        if (index === CanQueue.TX) {
+    const q = this.host?.disabledQueue(index) ?? null;
+    if (q === null) return;
+    const tx = index === CanQueue.TX;
+    const r = this.worker.drain(
+      q,
+      this.chain,
+      (chain, dq) => {
+        if (tx) {
           this.stats.txRejected[TxReject.DISABLED]++;
           this.stats.txNotOk++;
         } else {
           this.stats.ctrlDisabled++;
           this.stats.ctrlNotOk++;
         }
-        this.completeNow(q, chain.head, chain.writableAddress(0), CanResult.NOT_OK);
-      }
-      q.publish();
-    } while (q.armKick());
+        this.completeNow(dq, chain.head, chain.writableAddress(0), CanResult.NOT_OK);
+      },
+      {
+        budget: TX_BUDGET,
+        onBadChain: (bq, chain) => {
+          if (tx) {
+            this.stats.txRejected[TxReject.BAD_CHAIN]++;
+            this.stats.txNotOk++;
+          }
+          bq.pushUsed(chain.head, 0);
+        },
+      },
+    );
+    // A driver refilling the ring as fast as we empty it must not hold the loop.
+    if (r === 'budget') this.host?.schedule(() => this.queueDiscard(index));
   }
 
   // ---- RX -------------------------------------------------------------------------------------
 
   private processRx(): void {
-    const host = this.host;
-    const q = host?.queue(CanQueue.RX) ?? null;
-    if (q === null || host === null) return; // frames wait in the port's bounded queue
+    const q = this.host?.queue(CanQueue.RX) ?? null;
+    if (q === null) return; // frames wait in the port's bounded queue
+    // A buffer is popped only for a frame that is ready (no buffer is returned empty "just in case").
+    this.worker.fill(q, this.chain, this.framesWaiting, this.handleRx);
+  }
+
+  private rxChain(chain: DescriptorChain, q: SplitQueue): void {
     const port = this.port;
-    const chain = this.chain;
-    const mem = host.memory;
-    let wrote = false;
-    for (;;) {
-      // Peek first, pop a buffer only for a frame that is ready (reference.md 4.8 #8).
-      while (port.queued > 0) {
-        let got: boolean;
-        try {
-          got = q.next(chain);
-        } catch (err) {
-          if (!this.badChain(q, err)) return;
-          wrote = true;
-          continue;
-        }
-        if (!got) break;
-        const f = port.take()!;
-        const total = CAN_HEADER_SIZE + f.len; // RTR: 16 + DLC, the driver checks used >= 16 + length
-        wrote = true;
-        if (chain.writableLength < total) {
-          // The driver posts 16 + 8 or 16 + 64 byte buffers; a shorter one loses this frame.
-          port.release(f);
-          this.stats.rxShortBuffer++;
-          q.pushUsed(chain.head, 0);
-          continue;
-        }
-        encodeRxHeader(f, this.hdrView);
-        if (f.rtr) this.hdrBytes.fill(0, CAN_HEADER_SIZE, total);
-        else this.hdrBytes.set(f.data, CAN_HEADER_SIZE);
-        // Everything needed is in hdrBytes now: the hub may reuse the frame.
-        port.release(f);
-        const n = chain.write(mem, 0, this.hdrBytes, 0, total);
-        q.pushUsed(chain.head, n === total ? total : 0);
-        this.stats.rxDelivered++;
-        this.stats.rxBytes += f.len;
-      }
-      if (wrote) {
-        q.publish();
-        wrote = false;
-      }
-      // Frames still waiting and no buffers: ask for a kick when the driver posts more, and re-check
-      // to close the race with a buffer added meanwhile.
-      if (port.queued === 0 || !q.armKick()) return;
+    const f = port.take()!;
+    const total = CAN_HEADER_SIZE + f.len; // RTR: 16 + DLC, the driver checks used >= 16 + length
+    if (chain.writableLength < total) {
+      // The driver posts 16 + 8 or 16 + 64 byte buffers; a shorter one loses this frame.
+      port.release(f);
+      this.stats.rxShortBuffer++;
+      q.pushUsed(chain.head, 0);
+      return;
     }
+    encodeRxHeader(f, this.hdrView);
+    if (f.rtr) this.hdrBytes.fill(0, CAN_HEADER_SIZE, total);
+    else this.hdrBytes.set(f.data, CAN_HEADER_SIZE);
+    // Everything needed is in hdrBytes now: the hub may reuse the frame.
+    port.release(f);
+    const n = chain.write(this.host!.memory, 0, this.hdrBytes, 0, total);
+    q.pushUsed(chain.head, n === total ? total : 0);
+    this.stats.rxDelivered++;
+    this.stats.rxBytes += f.len;
   }
 
   // ---- control --------------------------------------------------------------------------------
 
   private processCtrl(): void {
-    const host = this.host;
-    const q = host?.queue(CanQueue.CTRL) ?? null;
-    if (q === null || host === null) return;
-    const chain = this.chain;
-    do {
-      for (;;) {
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, err)) return;
-          continue;
-        }
-        // Control requests complete in order and only after the transition finished (5.22.6.3).
-        const head = chain.head;
-        const resultAddr = chain.writableAddress(0);
-        let result: number = CanResult.NOT_OK;
-        // virtio_can_control_out is 2 bytes; shorter requests and unknown types get NOT_OK.
-        if (chain.readableLength >= 2 && chain.read(host.memory, 0, this.hdrBytes, 0, 2) === 2) {
-          result = this.control(this.hdrView.getUint16(0, true));
-        }
-        if (result !== CanResult.OK) this.stats.ctrlNotOk++;
-        const used = resultAddr >= 0 && host.memory.writeByte(resultAddr, result) ? 1 : 0;
-        q.pushUsed(head, used);
-      }
-      q.publish();
-    } while (q.armKick());
+    const q = this.host?.queue(CanQueue.CTRL) ?? null;
+    if (q === null) return;
+    this.worker.drain(q, this.chain, this.handleCtrl);
+  }
+
+  private ctrlChain(chain: DescriptorChain, q: SplitQueue): void {
+    const host = this.host!;
+    // Control requests complete in order and only after the transition finished (5.22.6.3).
+    const head = chain.head;
+    const resultAddr = chain.writableAddress(0);
+    let result: number = CanResult.NOT_OK;
+    // virtio_can_control_out is 2 bytes; shorter requests and unknown types get NOT_OK.
+    if (chain.readableLength >= 2 && chain.read(host.memory, 0, this.hdrBytes, 0, 2) === 2) {
+      result = this.control(this.hdrView.getUint16(0, true));
+    }
+    if (result !== CanResult.OK) this.stats.ctrlNotOk++;
+    const used = resultAddr >= 0 && host.memory.writeByte(resultAddr, result) ? 1 : 0;
+    q.pushUsed(head, used);
   }
 
   private control(type: number): number {

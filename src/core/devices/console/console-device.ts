@@ -34,13 +34,14 @@
  *   console output.
  */
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import { VhostError } from '../../util/errors.js';
+import { deviceFailure } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { nullLogger } from '../../util/log.js';
 import { encodeUtf8 } from '../../util/utf8.js';
 import type { DeviceHost, VirtioDevice } from '../../vhost-user/device.js';
 import { DescriptorChain } from '../../virtio/descriptor-chain.js';
 import { featureBit, hasFeature, VirtioFeature } from '../../virtio/features.js';
+import { type ChainHandler, QueueWorker } from '../../virtio/queue-worker.js';
 import type { SplitQueue } from '../../virtio/split-queue.js';
 import {
   CONSOLE_CONTROL_SIZE,
@@ -69,8 +70,6 @@ export interface ConsoleHandler {
    * Absent: always true.
    */
   canOutput?(port: number): boolean;
-  /** The device is gone (its connection closed): stop calling it. */
-  destroyed?(): void;
 }
 
 export interface ConsoleFeatureSwitches {
@@ -192,10 +191,20 @@ export class ConsoleDevice implements VirtioDevice {
   private readonly pendingTx = new Set<number>();
   private readonly pausedTx = new Set<number>();
   private txScheduled = false;
-  private readonly schedule: (fn: () => void) => void;
   private destroyed = false;
+  private readonly worker: QueueWorker;
+  // The chain handlers, made once (no closure per chain); the port being served is in a field.
+  private txPort = 0;
+  private rxPort: PortState | null = null;
+  private rxStats: ConsolePortStats | null = null;
+  private readonly handleTx: ChainHandler = (chain, q) => this.txChainDone(chain, q);
+  private readonly handleRx: ChainHandler = (chain, q) => this.rxChainFill(chain, q);
+  private readonly handleControlTx: ChainHandler = (chain, q) => this.controlTxChain(chain, q);
+  private readonly handleControlRx: ChainHandler = (chain, q) => this.controlRxChain(chain, q);
+  private readonly inputWaiting = (): boolean => (this.rxPort?.inCount ?? 0) > 0;
+  private readonly controlWaiting = (): boolean => this.controlQueue.length > 0;
 
-  constructor(opts: ConsoleDeviceOptions & { schedule?: (fn: () => void) => void }) {
+  constructor(opts: ConsoleDeviceOptions) {
     const sw = { ...DEFAULT_CONSOLE_FEATURES, ...opts.features };
     const names = opts.portNames ?? [];
     const count = 1 + names.length;
@@ -224,7 +233,6 @@ export class ConsoleDevice implements VirtioDevice {
     this.controlBacklog = opts.controlBacklog ?? 1024;
     this.handler = opts.handler;
     this.log = opts.log ?? nullLogger;
-    this.schedule = opts.schedule ?? ((fn) => fn());
     this.legacyResize = opts.legacyResizeOrder ?? false;
     this.cols = clampU16(opts.cols ?? 80);
     this.rows = clampU16(opts.rows ?? 24);
@@ -248,6 +256,29 @@ export class ConsoleDevice implements VirtioDevice {
       emergBytes: 0,
       badChains: 0,
     };
+    this.worker = new QueueWorker(
+      () => this.host,
+      () => this.log,
+      this.stats,
+    );
+  }
+
+  statsFields(): Record<string, number | string | boolean> {
+    const st = this.stats;
+    const f: Record<string, number | string | boolean> = {
+      controlIn: st.controlIn,
+      controlOut: st.controlOut,
+      controlIgnored: st.controlIgnored,
+      controlDropped: st.controlDropped,
+      emergBytes: st.emergBytes,
+      badChains: st.badChains,
+    };
+    st.ports.forEach((p, i) => {
+      f[`port${i}TxBytes`] = p.txBytes;
+      f[`port${i}RxBytes`] = p.rxBytes;
+      f[`port${i}InputWaiting`] = this.ports[i]!.inCount;
+    });
+    return f;
   }
 
   /** Whether the guest has `port` open (bytes can reach it). */
@@ -408,7 +439,6 @@ export class ConsoleDevice implements VirtioDevice {
     if (this.destroyed) return;
     this.destroyed = true;
     this.halt();
-    this.handler.destroyed?.();
   }
 
   // ---- queue processing -----------------------------------------------------------------------
@@ -429,97 +459,60 @@ export class ConsoleDevice implements VirtioDevice {
     try {
       fn();
     } catch (err) {
-      const e =
-        err instanceof VhostError
-          ? err
-          : new VhostError('ERR_INTERNAL', `device failure: ${(err as Error)?.message ?? String(err)}`, {
-              cause: err,
-            });
+      const e = deviceFailure(err);
       if (this.host !== null) this.host.markBroken(e);
       else this.log.error('console device failure outside a connection', { code: e.code, reason: e.message });
     }
   }
 
-  /**
-   * A chain that cannot be walked: with a valid head it is returned with used length 0 and the
-   * queue goes on; a corrupt ring marks the device broken. Returns false to stop processing.
-   */
-  private badChain(q: SplitQueue, chain: DescriptorChain, err: unknown): boolean {
-    if (!(err instanceof VhostError) || err.disposition !== 'mark-broken') throw err;
-    if (chain.head < 0) {
-      this.host?.markBroken(err);
-      return false;
-    }
-    this.stats.badChains++;
-    if (this.stats.badChains === 1 || this.log.debugEnabled) {
-      this.log.warn('malformed descriptor chain returned unused', {
-        queue: q.index,
-        code: err.code,
-        reason: err.message,
-      });
-    }
-    q.pushUsed(chain.head, 0);
-    return true;
-  }
-
-  /** Guest output: consumed at once, whatever the backend does with it. */
+  /** Guest output: consumed at once, whatever the backend does with it (named ports may be paced). */
   private processTx(port: number): void {
-    const host = this.host;
-    const q = host?.queue(portTxQueue(port)) ?? null;
-    if (q === null || host === null) return;
-    const chain = this.txChain;
-    const mem = host.memory;
-    const stats = this.stats.ports[port]!;
+    const q = this.host?.queue(portTxQueue(port)) ?? null;
+    if (q === null) return;
     const handler = this.handler;
     // Never the console port: the guest spins on it (see the header).
     const paces = handler.canOutput !== undefined && port !== 0;
-    let budget = TX_BUDGET;
-    do {
-      for (;;) {
-        if (paces && !handler.canOutput!(port)) {
-          // Paused: the chains stay in the ring (no kick asked for) until outputSpace(port).
-          q.publish();
-          if (!this.pausedTx.has(port)) {
-            this.pausedTx.add(port);
-            stats.txPauses++;
-          }
-          return;
-        }
-        if (budget-- === 0) {
-          // Fairness: a guest printing nonstop must not starve the event loop; continue next turn.
-          q.publish();
-          this.scheduleTx(port);
-          return;
-        }
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, chain, err)) return;
-          continue;
-        }
-        const len = chain.readableLength;
-        if (len > this.scratch.byteLength) {
-          this.emit(port, chain, mem, stats);
-          // The device writes nothing into transmit buffers: used length 0.
-          q.pushUsed(chain.head, 0);
-          continue;
-        }
-        // Copy out, return the buffer, then hand the bytes over: the guest's writer (which waits
-        // for its buffer) goes on while the backend writes to its client.
-        const n = len === 0 ? 0 : chain.read(mem, 0, this.scratch, 0, len);
-        q.pushUsed(chain.head, 0);
-        q.publish();
-        if (len > 0 && n <= 0) {
-          this.stats.badChains++;
-          continue;
-        }
-        if (n > 0) {
-          stats.txBytes += n;
-          this.handler.output(port, this.scratch.subarray(0, n));
-        }
+    this.txPort = port;
+    const r = this.worker.drain(q, this.txChain, this.handleTx, {
+      budget: TX_BUDGET,
+      ...(paces ? { more: () => handler.canOutput!(port) } : {}),
+    });
+    if (r === 'stopped') {
+      // Paused: the chains stay in the ring (no kick asked for) until outputSpace(port).
+      if (!this.pausedTx.has(port)) {
+        this.pausedTx.add(port);
+        this.stats.ports[port]!.txPauses++;
       }
-      q.publish();
-    } while (q.armKick());
+    } else if (r === 'budget') {
+      // Fairness: a guest printing nonstop must not starve the event loop; continue next turn.
+      this.scheduleTx(port);
+    }
+  }
+
+  private txChainDone(chain: DescriptorChain, q: SplitQueue): void {
+    const port = this.txPort;
+    const stats = this.stats.ports[port]!;
+    const mem = this.host!.memory;
+    const len = chain.readableLength;
+    if (len > this.scratch.byteLength) {
+      this.emit(port, chain, mem, stats);
+      // The device writes nothing into transmit buffers: used length 0.
+      q.pushUsed(chain.head, 0);
+      return;
+    }
+    // Copy out, return the buffer, then hand the bytes over: the guest's writer (which waits
+    // for its buffer) goes on while the backend writes to its client.
+    const n = len === 0 ? 0 : chain.read(mem, 0, this.scratch, 0, len);
+    q.pushUsed(chain.head, 0);
+    q.publish();
+    if (len > 0 && n <= 0) {
+      this.stats.badChains++;
+      return;
+    }
+    if (n > 0) {
+      stats.txBytes += n;
+      this.handler.output(port, this.scratch.subarray(0, n));
+    }
   }
 
   private emit(port: number, chain: DescriptorChain, mem: GuestMemory, stats: ConsolePortStats): void {
@@ -542,11 +535,15 @@ export class ConsoleDevice implements VirtioDevice {
     this.pendingTx.add(port);
     if (this.txScheduled) return;
     this.txScheduled = true;
-    this.schedule(() => {
+    if (this.host === null) {
+      this.txScheduled = false;
+      return;
+    }
+    this.host.schedule(() => {
       this.txScheduled = false;
       const ports = [...this.pendingTx];
       this.pendingTx.clear();
-      for (const p of ports) this.guarded(() => this.processTx(p));
+      for (const p of ports) this.processTx(p);
     });
   }
 
@@ -557,92 +554,71 @@ export class ConsoleDevice implements VirtioDevice {
     if (p.inCount === 0 || host === null || !p.guestOpen) return;
     const q = host.queue(portRxQueue(port));
     if (q === null) return;
-    const chain = this.rxChain;
-    const mem = host.memory;
-    const stats = this.stats.ports[port]!;
-    const cap = p.inBuf.byteLength;
-    let wrote = false;
-    for (;;) {
-      while (p.inCount > 0) {
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, chain, err)) return;
-          wrote = true;
-          continue;
-        }
-        wrote = true;
-        const room = chain.writableLength;
-        if (room === 0) {
-          // Nothing to write into: malformed for a receiveq (counted like a chain that cannot be walked).
-          this.stats.badChains++;
-          q.pushUsed(chain.head, 0);
-          continue;
-        }
-        let done = 0;
-        while (done < room && p.inCount > 0) {
-          const run = Math.min(room - done, p.inCount, cap - p.inStart);
-          const n = chain.write(mem, done, p.inBuf, p.inStart, run);
-          if (n !== run) {
-            this.stats.badChains++;
-            break;
-          }
-          done += n;
-          p.inStart = (p.inStart + n) % cap;
-          p.inCount -= n;
-        }
-        q.pushUsed(chain.head, done);
-        stats.rxBytes += done;
-        stats.rxBuffers++;
-      }
-      if (wrote) {
-        q.publish();
-        wrote = false;
-      }
-      // Bytes still waiting and no buffers: ask for a kick when the driver posts more.
-      if (p.inCount === 0 || !q.armKick()) break;
-    }
-    if (p.refused && p.inCount < cap) {
+    this.rxPort = p;
+    this.rxStats = this.stats.ports[port]!;
+    // Buffers are taken only while bytes wait; with bytes left and no buffers the kick is armed.
+    if (!this.worker.fill(q, this.rxChain, this.inputWaiting, this.handleRx)) return;
+    if (p.refused && p.inCount < p.inBuf.byteLength) {
       p.refused = false;
       this.handler.inputSpace?.(port);
     }
   }
 
+  private rxChainFill(chain: DescriptorChain, q: SplitQueue): void {
+    const p = this.rxPort!;
+    const stats = this.rxStats!;
+    const cap = p.inBuf.byteLength;
+    const room = chain.writableLength;
+    if (room === 0) {
+      // Nothing to write into: malformed for a receiveq (counted like a chain that cannot be walked).
+      this.stats.badChains++;
+      q.pushUsed(chain.head, 0);
+      return;
+    }
+    const mem = this.host!.memory;
+    let done = 0;
+    while (done < room && p.inCount > 0) {
+      const run = Math.min(room - done, p.inCount, cap - p.inStart);
+      const n = chain.write(mem, done, p.inBuf, p.inStart, run);
+      if (n !== run) {
+        this.stats.badChains++;
+        break;
+      }
+      done += n;
+      p.inStart = (p.inStart + n) % cap;
+      p.inCount -= n;
+    }
+    q.pushUsed(chain.head, done);
+    stats.rxBytes += done;
+    stats.rxBuffers++;
+  }
+
   // ---- control ----------------------------------------------------------------------------------
 
   private processControlTx(): void {
-    const host = this.host;
-    const q = host?.queue(ConsoleQueue.CTRL_TX) ?? null;
-    if (q === null || host === null) return;
-    const chain = this.ctlTxChain;
-    do {
-      for (;;) {
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, chain, err)) return;
-          continue;
-        }
-        const head = chain.head;
-        this.stats.controlIn++;
-        if (
-          chain.readableLength >= CONSOLE_CONTROL_SIZE &&
-          chain.read(host.memory, 0, this.ctl, 0, 8) === 8
-        ) {
-          this.control(
-            this.ctlView.getUint32(0, true),
-            this.ctlView.getUint16(4, true),
-            this.ctlView.getUint16(6, true),
-          );
-        } else {
-          this.stats.controlIgnored++;
-        }
-        // Linux spins on the control transmitq: return each chain at once.
-        q.pushUsed(head, 0);
-      }
-      q.publish();
-    } while (q.armKick());
+    const q = this.host?.queue(ConsoleQueue.CTRL_TX) ?? null;
+    if (q === null) return;
+    this.worker.drain(q, this.ctlTxChain, this.handleControlTx);
     this.flushControl();
+  }
+
+  private controlTxChain(chain: DescriptorChain, q: SplitQueue): void {
+    const head = chain.head;
+    this.stats.controlIn++;
+    if (
+      chain.readableLength >= CONSOLE_CONTROL_SIZE &&
+      chain.read(this.host!.memory, 0, this.ctl, 0, 8) === 8
+    ) {
+      this.control(
+        this.ctlView.getUint32(0, true),
+        this.ctlView.getUint16(4, true),
+        this.ctlView.getUint16(6, true),
+      );
+    } else {
+      this.stats.controlIgnored++;
+    }
+    // Linux spins on the control transmitq: return each chain at once.
+    q.pushUsed(head, 0);
   }
 
   private control(id: number, event: number, value: number): void {
@@ -736,35 +712,20 @@ export class ConsoleDevice implements VirtioDevice {
     if (this.controlQueue.length === 0 || host === null) return;
     const q = host.queue(ConsoleQueue.CTRL_RX);
     if (q === null) return;
-    const chain = this.ctlRxChain;
-    let wrote = false;
-    for (;;) {
-      while (this.controlQueue.length > 0) {
-        try {
-          if (!q.next(chain)) break;
-        } catch (err) {
-          if (!this.badChain(q, chain, err)) return;
-          wrote = true;
-          continue;
-        }
-        wrote = true;
-        const m = this.controlQueue.shift()!;
-        if (chain.writableLength < m.byteLength) {
-          // Linux posts page-sized buffers; a shorter one cannot carry this message.
-          this.stats.controlDropped++;
-          q.pushUsed(chain.head, 0);
-          continue;
-        }
-        const n = chain.write(host.memory, 0, m, 0, m.byteLength);
-        q.pushUsed(chain.head, n === m.byteLength ? n : 0);
-        this.stats.controlOut++;
-      }
-      if (wrote) {
-        q.publish();
-        wrote = false;
-      }
-      if (this.controlQueue.length === 0 || !q.armKick()) return;
+    this.worker.fill(q, this.ctlRxChain, this.controlWaiting, this.handleControlRx);
+  }
+
+  private controlRxChain(chain: DescriptorChain, q: SplitQueue): void {
+    const m = this.controlQueue.shift()!;
+    if (chain.writableLength < m.byteLength) {
+      // Linux posts page-sized buffers; a shorter one cannot carry this message.
+      this.stats.controlDropped++;
+      q.pushUsed(chain.head, 0);
+      return;
     }
+    const n = chain.write(this.host!.memory, 0, m, 0, m.byteLength);
+    q.pushUsed(chain.head, n === m.byteLength ? n : 0);
+    this.stats.controlOut++;
   }
 }
 

@@ -194,7 +194,9 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   return ab;
 }
 
-static napi_value js_munmap(napi_env env, napi_callback_info info) {
+/* The mapping behind the one ArrayBuffer argument of munmap()/mappingFaults(), or NULL after
+ * throwing (not an ArrayBuffer: ERR_INVALID_ARG_TYPE; not made by mmap(): ERR_NOT_MAPPED). */
+static vn_mapping *mapping_arg(napi_env env, napi_callback_info info, napi_value *ab) {
   size_t argc = 1;
   napi_value arg = NULL;
   VN_CALL(env, napi_get_cb_info(env, info, &argc, &arg, NULL, NULL));
@@ -211,31 +213,24 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   }
   void *data = NULL;
   VN_CALL(env, napi_unwrap(env, arg, &data));
-  vn_mapping *m = data;
+  *ab = arg;
+  return data;
+}
+
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  napi_value ab = NULL;
+  vn_mapping *m = mapping_arg(env, info, &ab);
+  if (m == NULL) return NULL;
   if (m->unmapped) return vn_undefined(env);
-  if (!detach_and_unmap(env, arg, m)) return NULL;
+  if (!detach_and_unmap(env, ab, m)) return NULL;
   return vn_undefined(env);
 }
 
 /* mappingFaults(buf): SIGBUS faults the guard absorbed in this mapping (0 if unguarded or unmapped). */
 static napi_value js_mapping_faults(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value arg = NULL;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, &arg, NULL, NULL));
-  bool is_ab = false;
-  if (argc < 1 || napi_is_arraybuffer(env, arg, &is_ab) != napi_ok || !is_ab) {
-    vn_throw_type(env, "ERR_INVALID_ARG_TYPE", "The \"buf\" argument must be an ArrayBuffer");
-    return NULL;
-  }
-  bool tagged = false;
-  VN_CALL(env, napi_check_object_type_tag(env, arg, &kMappingTag, &tagged));
-  if (!tagged) {
-    vn_throw_type(env, "ERR_NOT_MAPPED", "The ArrayBuffer was not created by mmap()");
-    return NULL;
-  }
-  void *data = NULL;
-  VN_CALL(env, napi_unwrap(env, arg, &data));
-  vn_mapping *m = data;
+  napi_value ab = NULL;
+  vn_mapping *m = mapping_arg(env, info, &ab);
+  if (m == NULL) return NULL;
   napi_value out = NULL;
   VN_CALL(env, napi_create_uint32(env, vn_guard_faults(m->guard_slot), &out));
   return out;

@@ -7,36 +7,29 @@ import { parseArgs } from 'node:util';
 import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import type { BusSpec } from '../node/can/can-daemon.js';
-import { isLogLevel, type LogLevel } from '../node/log.js';
+import {
+  type ArgValues,
+  COMMON_OPTIONS,
+  type CommonOptions,
+  type EarlyResult,
+  intOption,
+  parseCommon,
+} from './common-args.js';
 
-export interface CanCliOptions {
-  /** Base socket path; null with --fd. */
-  socketPath: string | null;
-  /** An already-open listening vhost-user socket (--fd). */
-  fd: number | null;
-  socketCount: number;
+export { socketPaths } from './common-args.js';
+
+export interface CanCliOptions extends CommonOptions {
   /** One per socket. */
   buses: BusSpec[];
   /** True when --can-devices was omitted (everything on the embedded virtual bus). */
   defaultBus: boolean;
   features: CanFeatureSwitches;
-  eventIdx: boolean;
-  indirectDesc: boolean;
-  maxQueueSize: number;
   rxBacklog: number;
   /** Receive buffer of each host SocketCAN socket, bytes; 0 = the kernel's default. */
   socketcanRcvbuf: number;
-  logLevel: LogLevel;
-  logFormat: 'text' | 'json';
-  statsInterval: number;
 }
 
-export type CanCliResult =
-  | { kind: 'run'; options: CanCliOptions }
-  | { kind: 'help' }
-  | { kind: 'version' }
-  | { kind: 'capabilities' }
-  | { kind: 'error'; message: string };
+export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
 
 export const MAX_SOCKET_COUNT = 64;
 
@@ -59,20 +52,6 @@ export function parseBusEntry(entry: string): BusSpec | string {
   return { kind: 'host', ifname: entry };
 }
 
-function intOption(
-  v: string | undefined,
-  name: string,
-  min: number,
-  max: number,
-  dflt: number,
-): number | string {
-  if (v === undefined) return dflt;
-  if (!/^[0-9]+$/.test(v)) return `--${name} expects an integer, got "${v}"`;
-  const n = Number(v);
-  if (n < min || n > max) return `--${name} must be between ${min} and ${max}, got ${n}`;
-  return n;
-}
-
 /** A byte count with an optional binary suffix (K, M, G); a message for anything else. */
 function bytesOption(v: string | undefined, name: string, max: number, dflt: number): number | string {
   if (v === undefined) return dflt;
@@ -85,7 +64,7 @@ function bytesOption(v: string | undefined, name: string, max: number, dflt: num
 }
 
 export function parseCanArgs(argv: readonly string[]): CanCliResult {
-  let values: Record<string, string | boolean | undefined>;
+  let values: ArgValues;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
@@ -93,69 +72,22 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
       strict: true,
       allowPositionals: true,
       options: {
-        'socket-path': { type: 'string', short: 's' },
-        fd: { type: 'string' },
-        'socket-count': { type: 'string', short: 'c' },
+        ...COMMON_OPTIONS,
         'can-devices': { type: 'string', short: 'd' },
         'no-can-classic': { type: 'boolean' },
         'no-can-fd': { type: 'boolean' },
         'no-rtr': { type: 'boolean' },
         'no-late-tx-ack': { type: 'boolean' },
-        'no-event-idx': { type: 'boolean' },
-        'no-indirect-desc': { type: 'boolean' },
-        'max-queue-size': { type: 'string', short: 'q' },
         'rx-backlog': { type: 'string' },
         'socketcan-rcvbuf': { type: 'string' },
-        'log-level': { type: 'string' },
-        'log-format': { type: 'string' },
-        verbose: { type: 'boolean', short: 'v' },
-        'stats-interval': { type: 'string' },
-        'print-capabilities': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean', short: 'V' },
       },
     }));
   } catch (err) {
     return { kind: 'error', message: (err as Error).message };
   }
-  // vhost-user back-end program conventions: --print-capabilities ignores every other option.
-  if (values['print-capabilities']) return { kind: 'capabilities' };
-  if (values.help) return { kind: 'help' };
-  if (values.version) return { kind: 'version' };
-  if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
-
-  const socketPath = (values['socket-path'] as string | undefined) ?? null;
-  const fdArg = values.fd as string | undefined;
-  if (socketPath !== null && fdArg !== undefined) {
-    return { kind: 'error', message: '--socket-path and --fd exclude each other' };
-  }
-  if ((socketPath === null || socketPath === '') && fdArg === undefined) {
-    return { kind: 'error', message: 'the required option --socket-path PATH (or --fd N) is missing' };
-  }
-  let fd: number | null = null;
-  if (fdArg !== undefined) {
-    const n = intOption(fdArg, 'fd', 0, 2 ** 31 - 1, 0);
-    if (typeof n === 'string') return { kind: 'error', message: n };
-    fd = n;
-  }
-  const count = intOption(
-    values['socket-count'] as string | undefined,
-    'socket-count',
-    1,
-    MAX_SOCKET_COUNT,
-    1,
-  );
-  if (typeof count === 'string') return { kind: 'error', message: count };
-  if (fd !== null && count !== 1)
-    return { kind: 'error', message: '--fd serves one guest: --socket-count must be 1' };
-  // Suffixes 0..N-1 are appended; sun_path holds 107 bytes.
-  const longest = `${socketPath}${count - 1}`;
-  if (socketPath !== null && Buffer.byteLength(longest) > 107) {
-    return {
-      kind: 'error',
-      message: `socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
-    };
-  }
+  const common = parseCommon(values, positionals, MAX_SOCKET_COUNT);
+  if (common.kind !== 'common') return common;
+  const count = common.options.socketCount;
 
   let buses: BusSpec[];
   const devs = values['can-devices'] as string | undefined;
@@ -193,10 +125,6 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
   }
   if (!features.classic && values['no-rtr'] === undefined) features.rtr = false; // RTR needs classic CAN
 
-  const mq = intOption(values['max-queue-size'] as string | undefined, 'max-queue-size', 1, 32768, 1024);
-  if (typeof mq === 'string') return { kind: 'error', message: mq };
-  if ((mq & (mq - 1)) !== 0)
-    return { kind: 'error', message: `--max-queue-size must be a power of two, got ${mq}` };
   const backlog = intOption(
     values['rx-backlog'] as string | undefined,
     'rx-backlog',
@@ -212,49 +140,17 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
     DEFAULT_SOCKETCAN_RCVBUF,
   );
   if (typeof rcvbuf === 'string') return { kind: 'error', message: rcvbuf };
-  const statsInterval = intOption(
-    values['stats-interval'] as string | undefined,
-    'stats-interval',
-    0,
-    86400,
-    0,
-  );
-  if (typeof statsInterval === 'string') return { kind: 'error', message: statsInterval };
-
-  let logLevel: LogLevel = values.verbose ? 'debug' : 'info';
-  const lv = values['log-level'] as string | undefined;
-  if (lv !== undefined) {
-    if (!isLogLevel(lv))
-      return { kind: 'error', message: `--log-level must be error, warn, info or debug, got "${lv}"` };
-    logLevel = lv;
-  }
-  const lf = (values['log-format'] as string | undefined) ?? 'text';
-  if (lf !== 'text' && lf !== 'json')
-    return { kind: 'error', message: `--log-format must be text or json, got "${lf}"` };
-
   return {
     kind: 'run',
     options: {
-      socketPath,
-      fd,
-      socketCount: count,
+      ...common.options,
       buses,
       defaultBus,
       features,
-      eventIdx: !values['no-event-idx'],
-      indirectDesc: !values['no-indirect-desc'],
-      maxQueueSize: mq,
       rxBacklog: backlog,
       socketcanRcvbuf: rcvbuf,
-      logLevel,
-      logFormat: lf,
-      statsInterval,
     },
   };
-}
-
-export function socketPaths(base: string, count: number): string[] {
-  return Array.from({ length: count }, (_, i) => `${base}${i}`);
 }
 
 export const CAN_HELP = `NAME

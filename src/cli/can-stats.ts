@@ -1,20 +1,10 @@
 /** Turns the daemon's counters into flat log fields (one line per device and per bus). */
 import type { LogFields } from '../core/util/log.js';
 import type { CanDaemon } from '../node/can/can-daemon.js';
+import { processStats } from './process-stats.js';
 
 export function formatStats(can: CanDaemon): LogFields[] {
-  const mem = process.memoryUsage();
-  const kb = (n: number): number => Math.round(n / 1024);
-  // The process line first: RSS and the JavaScript heap, to tell a leak from a heap still settling.
-  const out: LogFields[] = [
-    {
-      process: process.pid,
-      rssKb: kb(mem.rss),
-      heapUsedKb: kb(mem.heapUsed),
-      heapTotalKb: kb(mem.heapTotal),
-      externalKb: kb(mem.external),
-    },
-  ];
+  const out: LogFields[] = [processStats()];
   const status = can.daemon.status();
   status.forEach((s, i) => {
     const d = can.device(i);

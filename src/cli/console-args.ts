@@ -6,16 +6,18 @@
  */
 import { parseArgs } from 'node:util';
 import { MAX_PORT_NAME_BYTES } from '../core/devices/console/console-device.js';
-import { isLogLevel, type LogLevel } from '../node/log.js';
+import {
+  type ArgValues,
+  COMMON_OPTIONS,
+  type CommonOptions,
+  type EarlyResult,
+  intOption,
+  parseCommon,
+} from './common-args.js';
 
 export type ConsoleBackendName = 'nested' | 'network' | 'unix';
 
-export interface ConsoleCliOptions {
-  /** Base socket path (absent with --fd). */
-  socketPath: string | null;
-  /** An already-open listening vhost-user socket (--fd). */
-  fd: number | null;
-  socketCount: number;
+export interface ConsoleCliOptions extends CommonOptions {
   backend: ConsoleBackendName;
   tcpHost: string;
   tcpPort: number;
@@ -29,41 +31,16 @@ export interface ConsoleCliOptions {
   legacyResizeOrder: boolean;
   cols: number;
   rows: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
-  maxQueueSize: number;
-  logLevel: LogLevel;
-  logFormat: 'text' | 'json';
-  statsInterval: number;
 }
 
-export type ConsoleCliResult =
-  | { kind: 'run'; options: ConsoleCliOptions }
-  | { kind: 'help' }
-  | { kind: 'version' }
-  | { kind: 'capabilities' }
-  | { kind: 'error'; message: string };
+export type ConsoleCliResult = { kind: 'run'; options: ConsoleCliOptions } | EarlyResult;
 
 export const MAX_CONSOLE_SOCKETS = 64;
 export const DEFAULT_TCP_PORT = 12345;
 const PORT_NAME = /^[A-Za-z0-9_.:-]+$/;
 
-function intOption(
-  v: string | undefined,
-  name: string,
-  min: number,
-  max: number,
-  dflt: number,
-): number | string {
-  if (v === undefined) return dflt;
-  if (!/^[0-9]+$/.test(v)) return `--${name} expects an integer, got "${v}"`;
-  const n = Number(v);
-  if (n < min || n > max) return `--${name} must be between ${min} and ${max}, got ${n}`;
-  return n;
-}
-
 export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
-  let values: Record<string, string | boolean | string[] | undefined>;
+  let values: ArgValues;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
@@ -71,9 +48,7 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
       strict: true,
       allowPositionals: true,
       options: {
-        'socket-path': { type: 'string', short: 's' },
-        fd: { type: 'string' },
-        'socket-count': { type: 'string', short: 'c' },
+        ...COMMON_OPTIONS,
         backend: { type: 'string', short: 'b' },
         'tcp-port': { type: 'string', short: 'p' },
         'tcp-host': { type: 'string' },
@@ -87,60 +62,14 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
         'legacy-resize-order': { type: 'boolean' },
         cols: { type: 'string' },
         rows: { type: 'string' },
-        'no-event-idx': { type: 'boolean' },
-        'no-indirect-desc': { type: 'boolean' },
-        'max-queue-size': { type: 'string', short: 'q' },
-        'log-level': { type: 'string' },
-        'log-format': { type: 'string' },
-        verbose: { type: 'boolean', short: 'v' },
-        'stats-interval': { type: 'string' },
-        'print-capabilities': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean', short: 'V' },
       },
     }));
   } catch (err) {
     return { kind: 'error', message: (err as Error).message };
   }
-  // vhost-user backend program conventions: --print-capabilities ignores every other option.
-  if (values['print-capabilities']) return { kind: 'capabilities' };
-  if (values.help) return { kind: 'help' };
-  if (values.version) return { kind: 'version' };
-  if (positionals.length > 0) return { kind: 'error', message: `unexpected argument "${positionals[0]}"` };
-
-  const socketPath = (values['socket-path'] as string | undefined) ?? null;
-  const fdArg = values.fd as string | undefined;
-  if (socketPath !== null && fdArg !== undefined) {
-    return { kind: 'error', message: '--socket-path and --fd exclude each other' };
-  }
-  if ((socketPath === null || socketPath === '') && fdArg === undefined) {
-    return { kind: 'error', message: 'the required option --socket-path PATH (or --fd N) is missing' };
-  }
-  let fd: number | null = null;
-  if (fdArg !== undefined) {
-    const n = intOption(fdArg, 'fd', 0, 2 ** 31 - 1, 0);
-    if (typeof n === 'string') return { kind: 'error', message: n };
-    fd = n;
-  }
-  const count = intOption(
-    values['socket-count'] as string | undefined,
-    'socket-count',
-    1,
-    MAX_CONSOLE_SOCKETS,
-    1,
-  );
-  if (typeof count === 'string') return { kind: 'error', message: count };
-  if (fd !== null && count !== 1)
-    return { kind: 'error', message: '--fd serves one guest: --socket-count must be 1' };
-  if (socketPath !== null) {
-    const longest = `${socketPath}${count - 1}`;
-    if (Buffer.byteLength(longest) > 107) {
-      return {
-        kind: 'error',
-        message: `socket path "${longest}" is longer than the 107 bytes a Unix socket allows`,
-      };
-    }
-  }
+  const common = parseCommon(values, positionals, MAX_CONSOLE_SOCKETS);
+  if (common.kind !== 'common') return common;
+  const count = common.options.socketCount;
 
   const backend = ((values.backend as string | undefined) ?? 'nested') as ConsoleBackendName;
   if (backend !== 'nested' && backend !== 'network' && backend !== 'unix') {
@@ -214,35 +143,11 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
   if (typeof cols === 'string') return { kind: 'error', message: cols };
   const rows = intOption(values.rows as string | undefined, 'rows', 1, 65535, 24);
   if (typeof rows === 'string') return { kind: 'error', message: rows };
-  const mq = intOption(values['max-queue-size'] as string | undefined, 'max-queue-size', 1, 32768, 1024);
-  if (typeof mq === 'string') return { kind: 'error', message: mq };
-  if ((mq & (mq - 1)) !== 0)
-    return { kind: 'error', message: `--max-queue-size must be a power of two, got ${mq}` };
-  const statsInterval = intOption(
-    values['stats-interval'] as string | undefined,
-    'stats-interval',
-    0,
-    86400,
-    0,
-  );
-  if (typeof statsInterval === 'string') return { kind: 'error', message: statsInterval };
-  let logLevel: LogLevel = values.verbose ? 'debug' : 'info';
-  const lv = values['log-level'] as string | undefined;
-  if (lv !== undefined) {
-    if (!isLogLevel(lv))
-      return { kind: 'error', message: `--log-level must be error, warn, info or debug, got "${lv}"` };
-    logLevel = lv;
-  }
-  const lf = (values['log-format'] as string | undefined) ?? 'text';
-  if (lf !== 'text' && lf !== 'json')
-    return { kind: 'error', message: `--log-format must be text or json, got "${lf}"` };
 
   return {
     kind: 'run',
     options: {
-      socketPath,
-      fd,
-      socketCount: count,
+      ...common.options,
       backend,
       tcpHost,
       tcpPort,
@@ -256,12 +161,6 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
       legacyResizeOrder: Boolean(values['legacy-resize-order']),
       cols,
       rows,
-      eventIdx: !values['no-event-idx'],
-      indirectDesc: !values['no-indirect-desc'],
-      maxQueueSize: mq,
-      logLevel,
-      logFormat: lf,
-      statsInterval,
     },
   };
 }

@@ -1,18 +1,10 @@
 /** Turns the console daemon's counters into flat log fields (the process, then one line per port). */
 import type { LogFields } from '../core/util/log.js';
 import type { ConsoleDaemon } from '../node/console/console-daemon.js';
+import { processStats } from './process-stats.js';
 
 export function formatConsoleStats(con: ConsoleDaemon): LogFields[] {
-  const mem = process.memoryUsage();
-  const kb = (n: number): number => Math.round(n / 1024);
-  const out: LogFields[] = [
-    {
-      process: process.pid,
-      rssKb: kb(mem.rss),
-      heapUsedKb: kb(mem.heapUsed),
-      heapTotalKb: kb(mem.heapTotal),
-    },
-  ];
+  const out: LogFields[] = [processStats()];
   const sockets = con.daemon.status();
   con.status().forEach((g, i) => {
     const dev = con.device(i);

@@ -10,7 +10,7 @@ import {
   startConsoleDaemon,
 } from '../node/console/console-daemon.js';
 import { StructuredLogger } from '../node/log.js';
-import { socketPaths } from './can-args.js';
+import { socketPaths } from './common-args.js';
 import { CONSOLE_HELP, type ConsoleCliOptions, parseConsoleArgs } from './console-args.js';
 import { formatConsoleStats } from './console-stats.js';
 

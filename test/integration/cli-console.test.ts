@@ -1,49 +1,18 @@
 /** The vhost-device-console command as a user runs it: a child process, real sockets, signals. */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { basename, isAbsolute, join, resolve } from 'node:path';
+import { basename, isAbsolute, join } from 'node:path';
 import { test } from 'node:test';
 import { VhostUserFrontend } from '../../src/node/frontend/frontend.js';
 import { native } from '../../src/node/native/addon.js';
+import { cli, exited, ROOT, waitFor } from '../helpers/cli.js';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const CLI = ['--import', 'tsx', join(ROOT, 'src/cli/vhost-device-console.ts')];
+const { runSync, start, argv: CLI } = cli('vhost-device-console.ts');
 const dir = mkdtempSync(join(tmpdir(), 'vdcon-cli-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
-
-function runSync(args: string[]) {
-  return spawnSync(process.execPath, [...CLI, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 });
-}
-
-function start(args: string[]): { child: ChildProcess; output: () => string } {
-  const child = spawn(process.execPath, [...CLI, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => {
-    out += d;
-  });
-  child.stderr!.on('data', (d) => {
-    out += d;
-  });
-  return { child, output: () => out };
-}
-
-async function waitFor(cond: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function exited(child: ChildProcess): Promise<number | null> {
-  return new Promise((r) => {
-    if (child.exitCode !== null) r(child.exitCode);
-    else child.on('exit', (code) => r(code));
-  });
-}
 
 /** A free TCP port range start (binds and releases; good enough for a test on loopback). */
 async function freePort(span: number): Promise<number> {

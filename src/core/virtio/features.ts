@@ -45,3 +45,30 @@ export const MAX_QUEUE_SIZE = 32768;
 
 /** Indirect tables larger than this are refused (Linux never builds tables near it). */
 export const MAX_INDIRECT_DESCRIPTORS = 4096;
+
+/** The transport options every device offers the same way (its constructor options). */
+export interface RingOptions {
+  /** Offer VIRTIO_RING_F_EVENT_IDX (default true). */
+  eventIdx?: boolean;
+  /** Offer VIRTIO_RING_F_INDIRECT_DESC (default true). */
+  indirectDesc?: boolean;
+  /** Largest queue size accepted in SET_VRING_NUM (power of two, default 1024). */
+  maxQueueSize?: number;
+}
+
+/** VERSION_1 plus the ring features `opts` asks for: the device-independent part of `features`. */
+export function ringFeatures(opts: RingOptions): bigint {
+  let f = featureBit(VirtioFeature.VERSION_1);
+  if (opts.eventIdx ?? true) f |= featureBit(VirtioFeature.RING_EVENT_IDX);
+  if (opts.indirectDesc ?? true) f |= featureBit(VirtioFeature.RING_INDIRECT_DESC);
+  return f;
+}
+
+/** The checked `maxQueueSize` of `opts` (RangeError unless a power of two in 1..MAX_QUEUE_SIZE). */
+export function maxQueueSizeOf(opts: RingOptions): number {
+  const max = opts.maxQueueSize ?? 1024;
+  if (!Number.isInteger(max) || max < 1 || max > MAX_QUEUE_SIZE || (max & (max - 1)) !== 0) {
+    throw new RangeError(`max queue size ${max}`);
+  }
+  return max;
+}

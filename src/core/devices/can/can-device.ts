@@ -22,7 +22,13 @@ import type { Logger } from '../../util/log.js';
 import { nullLogger } from '../../util/log.js';
 import type { DeviceHost, VirtioDevice } from '../../vhost-user/device.js';
 import { DescriptorChain } from '../../virtio/descriptor-chain.js';
-import { featureBit, hasFeature, VirtioFeature } from '../../virtio/features.js';
+import {
+  featureBit,
+  hasFeature,
+  maxQueueSizeOf,
+  type RingOptions,
+  ringFeatures,
+} from '../../virtio/features.js';
 import { type ChainHandler, type ChainHooks, QueueWorker } from '../../virtio/queue-worker.js';
 import type { SplitQueue } from '../../virtio/split-queue.js';
 import {
@@ -61,18 +67,13 @@ export const DEFAULT_CAN_FEATURES: Readonly<CanFeatureSwitches> = Object.freeze(
   lateTxAck: true,
 });
 
-export interface CanDeviceOptions {
+export interface CanDeviceOptions extends RingOptions {
   /** The bus this guest joins. */
   hub: CanHub;
   /** Port name on the hub (unique per hub), e.g. "guest0". */
   portName: string;
   /** Which CAN features to offer (a bus that cannot carry FD must not offer it). */
   features?: Partial<CanFeatureSwitches>;
-  /** Offer EVENT_IDX / INDIRECT_DESC (default true). */
-  eventIdx?: boolean;
-  indirectDesc?: boolean;
-  /** Largest queue size accepted (power of two, default 1024). */
-  maxQueueSize?: number;
   /** Frames waiting for RX buffers, per guest, before drops are counted (default DEFAULT_RX_BACKLOG). */
   rxBacklog?: number;
   log?: Logger;
@@ -222,18 +223,14 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   constructor(opts: CanDeviceOptions) {
     const sw = { ...DEFAULT_CAN_FEATURES, ...opts.features };
     if (!sw.classic && !sw.fd) throw new RangeError('a CAN device needs CAN_CLASSIC or CAN_FD');
-    let f = featureBit(VirtioFeature.VERSION_1);
+    let f = ringFeatures(opts);
     if (sw.classic) f |= featureBit(CanFeature.CAN_CLASSIC);
     if (sw.fd) f |= featureBit(CanFeature.CAN_FD);
     // RTR_FRAMES requires CAN_CLASSIC (5.22.3): never offer it alone.
     if (sw.rtr && sw.classic) f |= featureBit(CanFeature.RTR_FRAMES);
     if (sw.lateTxAck) f |= featureBit(CanFeature.LATE_TX_ACK);
-    if (opts.eventIdx ?? true) f |= featureBit(VirtioFeature.RING_EVENT_IDX);
-    if (opts.indirectDesc ?? true) f |= featureBit(VirtioFeature.RING_INDIRECT_DESC);
     this.features = f;
-    const max = opts.maxQueueSize ?? 1024;
-    if (max < 1 || max > 32768 || (max & (max - 1)) !== 0) throw new RangeError(`max queue size ${max}`);
-    this.maxQueueSize = max;
+    this.maxQueueSize = maxQueueSizeOf(opts);
     this.log = opts.log ?? nullLogger;
     this.worker = new QueueWorker(
       () => this.host,

@@ -40,7 +40,13 @@ import { nullLogger } from '../../util/log.js';
 import { encodeUtf8 } from '../../util/utf8.js';
 import type { DeviceHost, VirtioDevice } from '../../vhost-user/device.js';
 import { DescriptorChain } from '../../virtio/descriptor-chain.js';
-import { featureBit, hasFeature, VirtioFeature } from '../../virtio/features.js';
+import {
+  featureBit,
+  hasFeature,
+  maxQueueSizeOf,
+  type RingOptions,
+  ringFeatures,
+} from '../../virtio/features.js';
 import { type ChainHandler, QueueWorker } from '../../virtio/queue-worker.js';
 import type { SplitQueue } from '../../virtio/split-queue.js';
 import {
@@ -87,7 +93,7 @@ export const DEFAULT_CONSOLE_FEATURES: Readonly<ConsoleFeatureSwitches> = Object
 /** Longest port name sent in PORT_NAME (Linux copies it into a page-sized buffer). */
 export const MAX_PORT_NAME_BYTES = 255;
 
-export interface ConsoleDeviceOptions {
+export interface ConsoleDeviceOptions extends RingOptions {
   handler: ConsoleHandler;
   /**
    * Names of ports 1..n (port 0, the console, has no name unless `consoleName` is set). The number
@@ -101,10 +107,6 @@ export interface ConsoleDeviceOptions {
   rows?: number;
   /** RESIZE payload as rows, cols (Linux guests before 6.15). */
   legacyResizeOrder?: boolean;
-  eventIdx?: boolean;
-  indirectDesc?: boolean;
-  /** Largest queue size accepted (power of two, default 1024). */
-  maxQueueSize?: number;
   /** Bytes of input held per port while the guest has no RX buffers (default 64 KiB). */
   inputLimit?: number;
   /** Control messages held for the guest while it has no control buffers (default 1024). */
@@ -218,16 +220,12 @@ export class ConsoleDevice implements VirtioDevice {
     }
     this.portCount = count;
     this.numQueues = sw.multiport ? consoleQueueCount(count) : 2;
-    let f = featureBit(VirtioFeature.VERSION_1);
+    let f = ringFeatures(opts);
     if (sw.size) f |= featureBit(ConsoleFeature.SIZE);
     if (sw.multiport) f |= featureBit(ConsoleFeature.MULTIPORT);
     if (sw.emergWrite) f |= featureBit(ConsoleFeature.EMERG_WRITE);
-    if (opts.eventIdx ?? true) f |= featureBit(VirtioFeature.RING_EVENT_IDX);
-    if (opts.indirectDesc ?? true) f |= featureBit(VirtioFeature.RING_INDIRECT_DESC);
     this.features = f;
-    const max = opts.maxQueueSize ?? 1024;
-    if (max < 1 || max > 32768 || (max & (max - 1)) !== 0) throw new RangeError(`max queue size ${max}`);
-    this.maxQueueSize = max;
+    this.maxQueueSize = maxQueueSizeOf(opts);
     const limit = opts.inputLimit ?? 64 * 1024;
     if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`input limit ${limit}`);
     this.controlBacklog = opts.controlBacklog ?? 1024;

@@ -67,6 +67,8 @@ export interface ConFlowResult {
   droppedMiBps: number | null;
   /** guest->client, device: the same, whole run (bytes; the daemon's clientDropped). */
   droppedBytes: number | null;
+  /** guest->client, device: times the daemon paused the port's output for the client (window). */
+  outputPauses: number | null;
   /** Sender write calls (guest output buffers) and receiver reads (guest RX buffers) per second. */
   writesPerS: number;
   readsPerS: number;
@@ -275,6 +277,10 @@ export async function conFlow(
       sentMiBps: r1((sentBytes(s1) - sentBytes(s0)) / MiB / dt),
       droppedMiBps: droppedWin === null ? null : r1(droppedWin / MiB / dt),
       droppedBytes: dev && g2c ? dropped : null,
+      outputPauses:
+        dev && g2c
+          ? (d!.portLine(s1.d, 0, pn)?.outputPauses ?? 0) - (d!.portLine(s0.d, 0, pn)?.outputPauses ?? 0)
+          : null,
       writesPerS: Math.round((writes(s1) - writes(s0)) / dt),
       readsPerS: Math.round((reads(s1) - reads(s0)) / dt),
       missingBytes: sentTotal - recvTotal,

@@ -1,6 +1,7 @@
 /**
  * The console daemon under test in its own process: the compiled `vhost-device-console` CLI of the
- * bench's build with the network backend (guest i's console on TCP 127.0.0.1:PORT+i). Counters come
+ * bench's build with the network backend (guest i's console on TCP 127.0.0.1:PORT+i, its named port j
+ * of `--port-name`, if any, on PORT + j*N + i with N guests). Counters come
  * from its SIGUSR1 dump (JSON log lines on stderr: a process line, then per guest a guest line and
  * one line per port), CPU time and memory from /proc.
  */
@@ -13,7 +14,7 @@ import { type BuildInfo, REPO_ROOT } from './build.js';
 import { removeDir, trackChild, trackDir, withTimeout } from './children.js';
 import { type ProcMemory, procCpuSeconds, procMemory } from './proc.js';
 
-/** The per-port line of the console daemon's stats dump (port 0 of each guest here). */
+/** The per-port line of the console daemon's stats dump (guest by guest, port 0 first). */
 export interface ConsolePortStatsLine {
   port: string;
   client: boolean;
@@ -43,6 +44,8 @@ export interface ConsoleDaemonStartOptions {
   guests: number;
   /** TCP port of guest 0's console. */
   tcpPort: number;
+  /** Named ports (`--port-name`), the same for every guest (default none). */
+  portNames?: readonly string[];
   nodeFlags?: string[];
   label: string;
 }
@@ -63,6 +66,8 @@ export class ConsoleDaemonProcess {
   readonly label: string;
   readonly guests: number;
   readonly tcpPort: number;
+  /** Ports per guest: the console and the named ports. */
+  readonly portsPerGuest: number;
   private readonly tail: string[] = [];
   private waiter: Waiter | null = null;
   private readyResolve: (() => void) | null = null;
@@ -74,6 +79,8 @@ export class ConsoleDaemonProcess {
     this.label = opts.label;
     this.guests = opts.guests;
     this.tcpPort = opts.tcpPort;
+    const names = opts.portNames ?? [];
+    this.portsPerGuest = 1 + names.length;
     this.dir = mkdtempSync(join(tmpdir(), 'vdcon-bench-'));
     trackDir(this.dir);
     this.base = join(this.dir, 'con.sock');
@@ -90,6 +97,7 @@ export class ConsoleDaemonProcess {
       String(opts.tcpPort),
       '--log-format',
       'json',
+      ...names.flatMap((n) => ['--port-name', n]),
     ];
     const [cmd, ...args] = existsSync(SETPRIV)
       ? [SETPRIV, '--pdeathsig', 'KILL', '--', process.execPath, ...argv]
@@ -134,6 +142,17 @@ export class ConsoleDaemonProcess {
     return `${this.base}${i}`;
   }
 
+  /** TCP port of guest `guest`'s port `port` (0: the console, j: the j-th --port-name). */
+  tcpPortOf(guest: number, port: number): number {
+    if (port < 0 || port >= this.portsPerGuest) throw new Error(`no port ${port}`);
+    return this.tcpPort + port * this.guests + guest;
+  }
+
+  /** The line of guest `guest`'s port `port` in a dump of this daemon. */
+  portLine(s: ConsoleDaemonStats | null, guest: number, port: number): ConsolePortStatsLine | undefined {
+    return s?.ports[guest * this.portsPerGuest + port];
+  }
+
   lastLines(): string {
     return this.tail.slice(-8).join('\n');
   }
@@ -172,8 +191,8 @@ export class ConsoleDaemonProcess {
         rxBuffers: Number(o.rxBuffers ?? 0),
         inputWaiting: Number(o.inputWaiting ?? 0),
       });
-      // One port per guest (no named ports): the dump is complete after `guests` port lines.
-      if (w.ports.length === this.guests) {
+      // The dump is complete after one line per port of every guest.
+      if (w.ports.length === this.guests * this.portsPerGuest) {
         this.waiter = null;
         w.resolve({ atNs: process.hrtime.bigint(), ports: w.ports, heapUsedKb: w.heapUsedKb });
       }

@@ -2,7 +2,9 @@
  * One console benchmark guest: the TypeScript front-end (VhostUserFrontend + GuestRam) and the
  * Linux virtio_console driver emulation (ConsoleTestDriver) for the probe (features, DRIVER_OK,
  * control buffers, DEVICE_READY, PORT_ADD / PORT_READY, CONSOLE_PORT / PORT_OPEN of the console
- * port), then lean data paths straight on the rings of port 0 (hvc0), as Linux runs them:
+ * port; for a named port also its PORT_NAME and the guest's open(), PORT_OPEN(id, 1)), then lean
+ * data paths straight on the rings of one port (port 0 = hvc0, or a named port /dev/vportNpM), as
+ * Linux runs them:
  *
  * - Output (guest -> host): one buffer of at most 32 KiB at a time (the size port_fops_write
  *   chunks writes into), the bytes copied into it, kick, wait for the device to return it (Linux
@@ -13,7 +15,7 @@
  * - Echo (a shell's echo): every byte read is written back as output.
  *
  * The driver's own pump is stopped after the probe (it would otherwise read the data buffers into
- * its log), and we own the call eventfd watchers of port 0's two queues. Control messages the
+ * its log), and we own the call eventfd watchers of the port's two queues. Control messages the
  * device sends later (PORT_OPEN when a client connects) land in the control receiveq unread: the
  * probe posted a full ring of control buffers, far more than a benchmark run needs.
  *
@@ -81,6 +83,8 @@ export class ConsoleBenchGuest {
   private readonly rxRing: DriverRing;
   private readonly txRing: DriverRing;
   private readonly size: number;
+  /** The port whose rings this guest drives (0: the console). */
+  readonly port: number;
 
   // output: TX buffers (one per ring slot for echo; the writer uses slot 0 only)
   private readonly txGpa: number[] = [];
@@ -103,24 +107,41 @@ export class ConsoleBenchGuest {
   private echoBacklog: Uint8Array[] = [];
   private closed = false;
 
+  /**
+   * Probes the device and takes `port`'s rings over (default 0, the console). A named port (the
+   * daemon started with at least `port` --port-name options) is opened first, as a guest program
+   * opening /dev/vportNpM does; its name must have arrived (PORT_NAME follows PORT_READY).
+   * `ports`: the device's port count (max_nr_ports, the console and the named ports; default
+   * port + 1), which sets how many queues init() prepares.
+   */
   static async connect(opts: {
     path: string;
     queueSize: number;
+    port?: number;
+    ports?: number;
     timeoutMs?: number;
   }): Promise<ConsoleBenchGuest> {
     const timeoutMs = opts.timeoutMs ?? 10_000;
+    const port = opts.port ?? 0;
     const fe = VhostUserFrontend.connect(opts.path, { timeoutMs });
     const ram = new GuestRam({ name: 'bench-console-guest' });
     try {
       const drv = await ConsoleTestDriver.create(fe, ram, {
-        ports: 1,
+        ports: opts.ports ?? port + 1,
         queueSize: opts.queueSize,
         timeoutMs,
       });
       const con = await drv.waitConsole();
       if (con !== 0) throw new Error(`console on port ${con}, expected 0`);
+      if (port !== 0) {
+        if (drv.maxNrPorts <= port) {
+          throw new Error(`the device has ${drv.maxNrPorts} port(s), no named port ${port}`);
+        }
+        await drv.waitUntil(`the name of port ${port}`, () => drv.portName(port) !== undefined);
+        await drv.openPort(port);
+      }
       await drv.shutdown();
-      const g = new ConsoleBenchGuest(fe, ram, drv);
+      const g = new ConsoleBenchGuest(fe, ram, drv, port);
       await g.takeOver(timeoutMs);
       return g;
     } catch (err) {
@@ -130,15 +151,16 @@ export class ConsoleBenchGuest {
     }
   }
 
-  private constructor(fe: VhostUserFrontend, ram: GuestRam, drv: ConsoleTestDriver) {
+  private constructor(fe: VhostUserFrontend, ram: GuestRam, drv: ConsoleTestDriver, port: number) {
     this.fe = fe;
     this.ram = ram;
     this.drv = drv;
+    this.port = port;
     const r0 = ram.memory.regions[0]!;
     if (r0.gpa !== 0) throw new Error('guest RAM region 0 must start at GPA 0');
     this.bytes = r0.bytes;
-    this.rxq = drv.queue(portRxQueue(0));
-    this.txq = drv.queue(portTxQueue(0));
+    this.rxq = drv.queue(portRxQueue(port));
+    this.txq = drv.queue(portTxQueue(port));
     this.rxRing = this.rxq.ring;
     this.txRing = this.txq.ring;
     this.size = this.rxRing.size;
@@ -149,17 +171,19 @@ export class ConsoleBenchGuest {
   }
 
   /**
-   * Takes port 0's rings over from the driver: waits until the driver's last wait on the receiveq
+   * Takes the port's rings over from the driver: waits until the driver's last wait on the receiveq
    * (a call eventfd watcher of the DriverQueue) ended, then maps the posted RX buffers.
    */
   private async takeOver(timeoutMs: number): Promise<void> {
     const end = Date.now() + timeoutMs;
     const watching = (q: DriverQueue): boolean => (q as unknown as { watching: boolean }).watching;
     while (watching(this.rxq) || watching(this.txq)) {
-      if (Date.now() > end) throw new Error('the console driver still waits on port 0');
+      if (Date.now() > end) throw new Error(`the console driver still waits on port ${this.port}`);
       await new Promise((r) => setTimeout(r, 50));
     }
-    if (this.rxq.hasUsed()) throw new Error('port 0 received data before the benchmark started');
+    if (this.rxq.hasUsed()) {
+      throw new Error(`port ${this.port} received data before the benchmark started`);
+    }
     for (let i = 0; i < this.size; i++) {
       const d = this.rxRing.readDesc(i);
       if ((d.flags & 2) === 0) throw new Error(`RX descriptor ${i} is not a posted buffer`);

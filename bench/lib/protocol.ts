@@ -76,7 +76,10 @@ export interface WorkerCommands {
 
   // ---- console (bench/lib/console-guest.ts, bench/lib/console-peers.ts) ---------------------------
   /** A console guest: probe through ConsoleTestDriver, then lean loops on port 0's rings. */
-  'con-connect': [{ key: string; path: string; queueSize: number }, { features: string }];
+  'con-connect': [
+    { key: string; path: string; queueSize: number; port?: number; ports?: number },
+    { features: string },
+  ];
   /** The guest writes `chunk`-byte output buffers back to back, one in flight. */
   'con-write-start': [{ key: string; chunk: number }, Record<string, never>];
   'con-write-stop': [{ key: string }, { drained: boolean }];

@@ -308,7 +308,12 @@ const handlers: Handlers = {
 
   async 'con-connect'(a) {
     if (conGuests.has(a.key)) throw new Error(`console guest "${a.key}" exists`);
-    const g = await ConsoleBenchGuest.connect({ path: a.path, queueSize: a.queueSize });
+    const g = await ConsoleBenchGuest.connect({
+      path: a.path,
+      queueSize: a.queueSize,
+      port: a.port ?? 0,
+      ...(a.ports === undefined ? {} : { ports: a.ports }),
+    });
     conGuests.set(a.key, g);
     return { features: `0x${g.drv.features.toString(16)}` };
   },

@@ -50,6 +50,8 @@ export interface DrainOptions extends ChainHooks {
 /** A chain handler: complete the chain (push its used entry) or keep it for later. */
 export type ChainHandler = (chain: DescriptorChain, q: SplitQueue) => void;
 
+const NO_HOOKS: ChainHooks = {};
+
 export class QueueWorker {
   private readonly host: () => DeviceHost | null;
   private readonly log: () => Logger;
@@ -62,7 +64,12 @@ export class QueueWorker {
     this.counters = counters;
   }
 
-  drain(q: SplitQueue, chain: DescriptorChain, handle: ChainHandler, opts: DrainOptions = {}): DrainResult {
+  drain(
+    q: SplitQueue,
+    chain: DescriptorChain,
+    handle: ChainHandler,
+    opts: DrainOptions = NO_HOOKS,
+  ): DrainResult {
     let budget = opts.budget ?? Number.POSITIVE_INFINITY;
     const more = opts.more;
     do {
@@ -89,28 +96,32 @@ export class QueueWorker {
   }
 
   /**
-   * Fills chains from `q` while `pending()`; `handle` writes one chain and pushes its used entry.
-   * Returns false when the ring turned out corrupt (the device is marked broken).
+   * Fills chains from `q` while data waits: `pending()` says whether there is any, `handle` writes
+   * one chain, pushes its used entry and returns whether more data waits (one call per chain on the
+   * hot receive paths). Returns false when the ring turned out corrupt (the device is marked
+   * broken).
    */
   fill(
     q: SplitQueue,
     chain: DescriptorChain,
     pending: () => boolean,
-    handle: ChainHandler,
-    hooks: ChainHooks = {},
+    handle: (chain: DescriptorChain, q: SplitQueue) => boolean,
+    hooks: ChainHooks = NO_HOOKS,
   ): boolean {
     let wrote = false;
     for (;;) {
-      while (pending()) {
+      let more = pending();
+      while (more) {
         try {
           if (!q.next(chain)) break;
         } catch (err) {
           if (!this.badChain(q, chain, err, hooks)) return false;
           wrote = true;
+          more = pending();
           continue;
         }
         wrote = true;
-        handle(chain, q);
+        more = handle(chain, q);
       }
       if (wrote) {
         this.publish(q, hooks);

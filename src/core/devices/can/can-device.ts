@@ -217,7 +217,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   };
   private readonly handleTx: ChainHandler = (chain, q) => this.txChain(chain, q);
   private readonly handleCtrl: ChainHandler = (chain, q) => this.ctrlChain(chain, q);
-  private readonly handleRx: ChainHandler = (chain, q) => this.rxChain(chain, q);
+  private readonly handleRx = (chain: DescriptorChain, q: SplitQueue): boolean => this.rxChain(chain, q);
   private readonly framesWaiting = (): boolean => this.port.queued > 0;
 
   constructor(opts: CanDeviceOptions) {
@@ -636,7 +636,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.worker.fill(q, this.chain, this.framesWaiting, this.handleRx);
   }
 
-  private rxChain(chain: DescriptorChain, q: SplitQueue): void {
+  /** Writes the next waiting frame into `chain`; returns whether more frames wait. */
+  private rxChain(chain: DescriptorChain, q: SplitQueue): boolean {
     const port = this.port;
     const f = port.take()!;
     const total = CAN_HEADER_SIZE + f.len; // RTR: 16 + DLC, the driver checks used >= 16 + length
@@ -645,7 +646,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
       port.release(f);
       this.stats.rxShortBuffer++;
       q.pushUsed(chain.head, 0);
-      return;
+      return port.queued > 0;
     }
     encodeRxHeader(f, this.hdrView);
     if (f.rtr) this.hdrBytes.fill(0, CAN_HEADER_SIZE, total);
@@ -656,6 +657,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     q.pushUsed(chain.head, n === total ? total : 0);
     this.stats.rxDelivered++;
     this.stats.rxBytes += f.len;
+    return port.queued > 0;
   }
 
   // ---- control --------------------------------------------------------------------------------

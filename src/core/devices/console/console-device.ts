@@ -200,9 +200,10 @@ export class ConsoleDevice implements VirtioDevice {
   private rxPort: PortState | null = null;
   private rxStats: ConsolePortStats | null = null;
   private readonly handleTx: ChainHandler = (chain, q) => this.txChainDone(chain, q);
-  private readonly handleRx: ChainHandler = (chain, q) => this.rxChainFill(chain, q);
+  private readonly handleRx = (chain: DescriptorChain, q: SplitQueue): boolean => this.rxChainFill(chain, q);
   private readonly handleControlTx: ChainHandler = (chain, q) => this.controlTxChain(chain, q);
-  private readonly handleControlRx: ChainHandler = (chain, q) => this.controlRxChain(chain, q);
+  private readonly handleControlRx = (chain: DescriptorChain, q: SplitQueue): boolean =>
+    this.controlRxChain(chain, q);
   private readonly inputWaiting = (): boolean => (this.rxPort?.inCount ?? 0) > 0;
   private readonly controlWaiting = (): boolean => this.controlQueue.length > 0;
 
@@ -562,7 +563,7 @@ export class ConsoleDevice implements VirtioDevice {
     }
   }
 
-  private rxChainFill(chain: DescriptorChain, q: SplitQueue): void {
+  private rxChainFill(chain: DescriptorChain, q: SplitQueue): boolean {
     const p = this.rxPort!;
     const stats = this.rxStats!;
     const cap = p.inBuf.byteLength;
@@ -571,7 +572,7 @@ export class ConsoleDevice implements VirtioDevice {
       // Nothing to write into: malformed for a receiveq (counted like a chain that cannot be walked).
       this.stats.badChains++;
       q.pushUsed(chain.head, 0);
-      return;
+      return p.inCount > 0;
     }
     const mem = this.host!.memory;
     let done = 0;
@@ -589,6 +590,7 @@ export class ConsoleDevice implements VirtioDevice {
     q.pushUsed(chain.head, done);
     stats.rxBytes += done;
     stats.rxBuffers++;
+    return p.inCount > 0;
   }
 
   // ---- control ----------------------------------------------------------------------------------
@@ -713,17 +715,18 @@ export class ConsoleDevice implements VirtioDevice {
     this.worker.fill(q, this.ctlRxChain, this.controlWaiting, this.handleControlRx);
   }
 
-  private controlRxChain(chain: DescriptorChain, q: SplitQueue): void {
+  private controlRxChain(chain: DescriptorChain, q: SplitQueue): boolean {
     const m = this.controlQueue.shift()!;
     if (chain.writableLength < m.byteLength) {
       // Linux posts page-sized buffers; a shorter one cannot carry this message.
       this.stats.controlDropped++;
       q.pushUsed(chain.head, 0);
-      return;
+      return this.controlQueue.length > 0;
     }
     const n = chain.write(this.host!.memory, 0, m, 0, m.byteLength);
     q.pushUsed(chain.head, n === m.byteLength ? n : 0);
     this.stats.controlOut++;
+    return this.controlQueue.length > 0;
   }
 }
 

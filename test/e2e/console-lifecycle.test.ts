@@ -1,7 +1,8 @@
 // The console across a guest's life, on one back-end socket:
 // 1. before any client is connected the guest writes 100 KiB to hvc0: the writes complete (the
-//    device consumes output whether or not anyone reads it; Linux busy-waits for each buffer) and
-//    the console answers a client connected afterwards;
+//    device consumes output whether or not anyone reads it; Linux busy-waits for each buffer), the
+//    console answers a client connected afterwards (with the CLI: the newest output is replayed to
+//    it from the scrollback), and again after that client disconnects and reconnects;
 // 2. the guest reboots (`reboot -f` typed over the console; QEMU resets instead of exiting): the
 //    new kernel probes the device again and the console works on the same connection;
 // 3. QEMU is killed (SIGKILL) and a new QEMU connects to the same socket: the console works again.
@@ -47,6 +48,7 @@ if [ $boot = 1 ] && [ "${name}" = first ]; then
   wait_dev /dev/hvc0
   read _up _ < /proc/uptime
   head -c ${FLOOD_BYTES} /dev/zero | tr '\\0' x > /dev/hvc0 || fail "writing to /dev/hvc0"
+  echo flood-end-marker > /dev/hvc0
   read _up2 _ < /proc/uptime
   signal flood-done "$_up $_up2"
 fi
@@ -73,8 +75,24 @@ signal shell-exited "$?"
     }
     await run.waitFor(g1, 'shell-up-1');
     figures.firstBootMs = Date.now() - t0;
-    const con = await backend.connect(0, 0);
+    let con = await backend.connect(0, 0);
+    if (backend.kind === 'cli') {
+      // The scrollback (64 KiB by default) replays the newest output to the late client: the end
+      // of the flood and the line after it, not its beginning.
+      await con.waitFor(/flood-end-marker/, 10_000);
+      const at = con.text().indexOf('flood-end-marker');
+      run.ok(at > 0 && at <= 64 * 1024, `the newest output was replayed (marker at byte ${at})`);
+      run.ok(/^x+$/.test(con.text().slice(0, at)), 'what came before it is the tail of the flood');
+    }
     run.equal(await checkShell(con, 'after the flood'), 'first-1', 'boot id after the flood');
+    // A client that leaves and comes back gets the same console.
+    await con.close();
+    con = await backend.connect(0, 0);
+    run.equal(
+      await checkShell(con, 'after a client reconnect'),
+      'first-1',
+      'boot id after a client reconnect',
+    );
     if (!backend.caps.stats) {
       // No counters on this back-end: the flood must at least not have reached the new client as
       // anything but (optional) scrollback, and the shell answered above.

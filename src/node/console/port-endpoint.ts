@@ -5,12 +5,13 @@
  * - Guest output goes to the connected client; with no client it goes to a bounded scrollback
  *   that is replayed to the next client (the login prompt printed before anyone connected is
  *   there when someone does). Bytes that fall out of the scrollback are counted.
- * - A connected client that reads slower than the guest prints holds the guest back, like a serial
- *   line's flow control: once `pauseAt` bytes wait in its send queue the device pauses the port's
- *   output (the guest's writer waits for its buffer) and resumes when the queue drained. A client
- *   that makes no progress for `stallMs` no longer holds the guest (a stuck client must not freeze
- *   a guest's console): output flows again, and what exceeds the bounded send queue is dropped and
- *   counted, until the client drains its queue.
+ * - On a named port, a connected client that reads slower than the guest writes holds the guest
+ *   back, like a serial line's flow control: once `pauseAt` bytes wait in its send queue the device
+ *   pauses the port's output (the guest's writer sleeps until its buffer returns) and resumes when
+ *   the queue drained. A client that makes no progress for `stallMs` no longer holds the guest:
+ *   output flows again, and what exceeds the bounded send queue is dropped and counted, until the
+ *   client drains its queue. The console port (port 0) is never held (the device does not ask: a
+ *   Linux guest spins on it), so there only the send-queue bound applies.
  * - `--log-file` also appends everything the guest prints to a file (bounded write queue, counted).
  * - Client input is flow-controlled: what the device cannot take yet stays here and the client
  *   stream is paused until the device reports room (back-pressure reaches the client's socket).
@@ -47,7 +48,7 @@ export interface PortEndpointStats {
   clientBytesIn: number;
   /** Output lost because the scrollback was full while no client was connected (oldest first). */
   scrollbackDropped: number;
-  /** Output lost because a connected client stopped reading (after `stallMs` without progress). */
+  /** Output lost because a connected client's send queue was full (console port, or a stalled client). */
   clientDropped: number;
   /** Times the guest's output was paused for a client that read slower than the guest printed. */
   outputPauses: number;

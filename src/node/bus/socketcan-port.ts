@@ -21,6 +21,7 @@ import { type CanFrame, canFdDlcToLen, canFdLenToDlc } from '../../core/bus/can-
 import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/hub.js';
 import { RingQueue } from '../../core/bus/ring-queue.js';
 import type { Logger } from '../../core/util/log.js';
+import { CodedError } from '../errors.js';
 import {
   CAN_RECORD_DATA_OFFSET,
   CAN_RECORD_MSG_FLAGS_OFFSET,
@@ -97,14 +98,15 @@ export interface SocketCanNative {
   ) => { start(events: number): void; stop(): void; close(): void };
 }
 
-export class SocketCanError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'SocketCanError';
-    this.code = code;
-  }
-}
+export type SocketCanErrorCode =
+  | 'ERR_HOST_CAN'
+  | 'ERR_HOST_CAN_UNSUPPORTED'
+  | 'ERR_HOST_CAN_MISSING'
+  | 'ERR_HOST_CAN_NOT_CAN'
+  | 'ERR_HOST_CAN_DOWN'
+  | 'ERR_HOST_CAN_OPTION';
+
+export class SocketCanError extends CodedError<SocketCanErrorCode> {}
 
 export interface HostInterfaceInfo {
   ifname: string;

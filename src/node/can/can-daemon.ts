@@ -8,6 +8,7 @@ import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
 import { SocketCanPort } from '../bus/socketcan-port.js';
 import { batchClock } from '../clock.js';
+import { CodedError } from '../errors.js';
 import { native as defaultNative, type NativeAddon } from '../native/addon.js';
 import { VhostUserDaemon } from '../vhost-user/daemon.js';
 
@@ -43,14 +44,9 @@ export interface CanDaemonOptions {
   protocolFeatures?: bigint;
 }
 
-export class CanDaemonError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'CanDaemonError';
-    this.code = code;
-  }
-}
+export type CanDaemonErrorCode = 'ERR_BUS_COUNT';
+
+export class CanDaemonError extends CodedError<CanDaemonErrorCode> {}
 
 export interface CanDaemon {
   readonly daemon: VhostUserDaemon;

@@ -20,6 +20,7 @@ import {
 } from '../../core/devices/console/console-device.js';
 import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
+import { CodedError } from '../errors.js';
 import { native as defaultNative, type NativeAddon } from '../native/addon.js';
 import { VhostUserDaemon } from '../vhost-user/daemon.js';
 import { describeAddress, type ListenAddress, PortListener } from './listeners.js';
@@ -58,14 +59,9 @@ export interface ConsoleDaemonOptions {
   protocolFeatures?: bigint;
 }
 
-export class ConsoleDaemonError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'ConsoleDaemonError';
-    this.code = code;
-  }
-}
+export type ConsoleDaemonErrorCode = 'ERR_NESTED';
+
+export class ConsoleDaemonError extends CodedError<ConsoleDaemonErrorCode> {}
 
 export interface ConsoleGuestStatus {
   socket: string;

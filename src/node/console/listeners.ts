@@ -7,6 +7,7 @@
 import { lstatSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../core/util/log.js';
+import { CodedError } from '../errors.js';
 import type { ConsolePortEndpoint } from './port-endpoint.js';
 
 export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
@@ -16,14 +17,14 @@ export function describeAddress(a: ListenAddress): string {
   return a.host.includes(':') ? `tcp:[${a.host}]:${a.port}` : `tcp:${a.host}:${a.port}`;
 }
 
-export class ListenerError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'ListenerError';
-    this.code = code;
-  }
-}
+export type ListenerErrorCode =
+  | 'ERR_PATH'
+  | 'ERR_PATH_NOT_SOCKET'
+  | 'ERR_PATH_IN_USE'
+  | 'ERR_ADDR_IN_USE'
+  | 'ERR_LISTEN';
+
+export class ListenerError extends CodedError<ListenerErrorCode> {}
 
 /**
  * Makes sure a Unix listener path can be used: a stale socket nobody answers on is removed; a

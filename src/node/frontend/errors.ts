@@ -2,6 +2,8 @@
  * Errors of the TypeScript vhost-user front-end. Every failure carries a stable `code`; tests
  * assert on it, never on message text.
  */
+import { CodedError } from '../errors.js';
+
 export type FrontendErrorCode =
   /** A request got no reply in time (the back-end is stuck, or never answers this request). */
   | 'ERR_FRONTEND_TIMEOUT'
@@ -26,11 +28,4 @@ export type FrontendErrorCode =
   /** A socket write failed (see `cause`). */
   | 'ERR_FRONTEND_IO';
 
-export class FrontendError extends Error {
-  readonly code: FrontendErrorCode;
-  constructor(code: FrontendErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'FrontendError';
-    this.code = code;
-  }
-}
+export class FrontendError extends CodedError<FrontendErrorCode> {}

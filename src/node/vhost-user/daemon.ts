@@ -9,6 +9,7 @@
 import { fstatSync, lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from '../../core/util/log.js';
 import type { VirtioDevice } from '../../core/vhost-user/device.js';
+import { CodedError } from '../errors.js';
 import type { NativeAddon, NativeWatcher } from '../native/addon.js';
 import { VhostUserConnection } from './connection.js';
 
@@ -32,14 +33,14 @@ export interface DaemonOptions {
   protocolFeatures?: bigint;
 }
 
-export class DaemonError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'DaemonError';
-    this.code = code;
-  }
-}
+export type DaemonErrorCode =
+  | 'ERR_PATH'
+  | 'ERR_PATH_NOT_SOCKET'
+  | 'ERR_PATH_IN_USE'
+  | 'ERR_LISTEN'
+  | 'ERR_FD';
+
+export class DaemonError extends CodedError<DaemonErrorCode> {}
 
 interface Listener {
   index: number;

@@ -223,7 +223,7 @@ static napi_value make_recv_result(napi_env env, ssize_t bytes, const int *fds,
  * stream socket the kernel never merges data from *after* an skb carrying fds
  * into the same read, but does merge data before it; callers that need
  * per-message fd attribution read exactly one header at a time (vhost-user:
- * 12 bytes), see ecosystem.md 1.2 #1.
+ * 12 bytes), see docs/protocol-notes.md 1.1.
  */
 static napi_value js_recv_msg(napi_env env, napi_callback_info info) {
   GET_ARGS(3);

@@ -1,7 +1,7 @@
 /*
  * mmap/munmap as external ArrayBuffers (guest RAM, test front-end memory).
  *
- * Ownership (ecosystem.md 1.2 #5-#7):
+ * Ownership (docs/decisions.md "Native addon"):
  *   - Each mapping has a heap record `vn_mapping` with two references:
  *       1. the ArrayBuffer's backing-store finalizer (runs once V8 drops the
  *          backing store: on GC, or soon after an explicit detach);

@@ -6,7 +6,7 @@
  *   in Worker threads.
  * - uv_poll is level-triggered: the JS callback must drain the fd (read until
  *   EAGAIN) or stop the watcher, or it is called again immediately
- *   (ecosystem.md 1.2 #2).
+ *   (docs/decisions.md "Native addon").
  * - uv_poll_init puts the fd in non-blocking mode, and libuv allows only one
  *   poll handle per fd per loop (UV_EEXIST otherwise).
  * - Stop or close the watcher before closing its fd: epoll forgets a closed fd

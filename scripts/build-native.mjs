@@ -3,7 +3,7 @@
 // Runs as the package's "install" script (npm install / npm ci) and standalone.
 //
 // node-gyp must be given --nodedir: without it, it tries to download the Node headers
-// from nodejs.org, which fails offline (ecosystem.md 3.1). We pick, in order:
+// from nodejs.org, which fails offline (docs/decisions.md "Native addon"). We pick, in order:
 //   1. npm_config_nodedir (npm exports it from ~/.npmrc `nodedir=` or --nodedir),
 //   2. <dirname(node)>/../include/node when it holds node_api.h (official tarballs, nvm, NodeSource),
 //   3. /usr/include/node -> nodedir /usr (Debian/NodeSource packages).

@@ -3,7 +3,7 @@
 # trixie-backports Linux 7.x kernel, an initramfs with busybox, can-utils and the mainline
 # virtio_can driver (built out of tree, because Debian leaves CONFIG_CAN_VIRTIO_CAN unset),
 # and QEMU 11 (for vhost-user-test-device-pci) taken from a Debian trixie chroot.
-# Facts this relies on: /work/shared/docs/guest-testing.md; layout: scripts/guest/README.md.
+# Facts this relies on: docs/testing.md "Real guests"; layout and steps: scripts/guest/README.md.
 #
 # usage: build-kit.sh [--force | --from STEP] [--help]
 #   GUEST_KIT_DIR     output directory (default: <repo>/.guest-kit)

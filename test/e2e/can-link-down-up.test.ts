@@ -1,7 +1,7 @@
 // `ip link set can0 down` / `up` in a real guest: the driver's STOP and START control requests
 // reach the device (counters and controller state checked from the host between the steps), and
 // frames put on the bus while the guest's controller is stopped are discarded, never delivered
-// after it starts again (reference.md 1.8).
+// after it starts again (VIRTIO 1.4 5.22 controller modes; docs/protocol-notes.md 3).
 
 import { test } from 'node:test';
 import { candumpFrames, parseGuestStats, skipWithoutKit, withRun } from './helpers/can-scenarios.js';

@@ -132,8 +132,8 @@ save_stats stats2.txt
     run.saveResults(figures);
     run.note('reboot figures', { figures: JSON.stringify(figures) });
 
-    // reference.md 1.8: the controller is STOPPED after a device reset and frames are not queued for
-    // later. QEMU's vhost-user-base forwards a guest reset only as ring stops/starts (no SET_STATUS 0,
+    // VIRTIO 1.4 5.22 (controller modes; docs/protocol-notes.md 3): the controller is STOPPED after a
+    // device reset and frames are not queued for later. QEMU's vhost-user-base forwards a guest reset only as ring stops/starts (no SET_STATUS 0,
     // no RESET_DEVICE); the session recognises rings restarted from index 0 as a reset. Without that,
     // the frame put on the bus while the guest was rebooting went into the new driver's RX ring
     // before its START and reached the guest's applications at ifup.

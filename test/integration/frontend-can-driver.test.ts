@@ -1,5 +1,5 @@
 // The CanTestDriver (Linux virtio_can driver behaviour) end to end against the CAN daemon:
-// TX/RX/control formats and results (a selection of checklist 8.1).
+// TX/RX/control formats and results (docs/protocol-notes.md 3-4).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

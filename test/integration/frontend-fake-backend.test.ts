@@ -1,5 +1,5 @@
-// The front-end against a scripted fake back-end: the exact QEMU 11 message order (reference.md
-// 3.6 A/B/C), reply checking, timeouts, the back-end channel, closing.
+// The front-end against a scripted fake back-end: the exact QEMU 11 message order (realize, start,
+// stop: docs/protocol-notes.md 1.7), reply checking, timeouts, the back-end channel, closing.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,5 +1,5 @@
 // The back-end channel (SET_BACKEND_REQ_FD) and the bus-off config-change notification
-// (checklist 8.2 #18, #22; 8.1 #45-47).
+// (vhost-user.rst "Back-end communication"; docs/protocol-notes.md 1.5, 3).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,5 +1,5 @@
 // Stream framing over the real socket: split and merged messages with their fds, oversized and
-// badly versioned messages, abrupt disconnects (checklist 8.2 #16; the framer's disconnect rules).
+// badly versioned messages, abrupt disconnects (docs/protocol-notes.md 1.1; the framer's disconnect rules).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,5 +1,6 @@
 // The QEMU 11 handshake against the in-process CAN daemon, and the reply rules of the vhost-user
-// layer (reference.md 3.6, 4.3; checklist 8.2 items 1-7, 14, 17, 19 and 8.1 items 1-8).
+// layer (docs/protocol-notes.md 1.2, 1.7). The "8.1 #n" / "8.2 #n" labels are requirement numbers
+// from the project's early notes; each test's title says what it checks.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

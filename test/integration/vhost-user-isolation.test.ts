@@ -1,5 +1,6 @@
-// A guest that corrupts its rings breaks its own device only (architecture.md principle 6): the
-// connection stays up, the other socket keeps working, and a guest reset recovers the device.
+// A guest that corrupts its rings breaks its own device only (the 'mark-broken' disposition,
+// src/core/util/errors.ts): the connection stays up, the other socket keeps working, and a guest
+// reset recovers the device.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

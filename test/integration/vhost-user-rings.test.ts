@@ -1,5 +1,5 @@
 // Rings and memory over a real socket: address translation, memory tables, ring stop/restart,
-// EVENT_IDX, indirect descriptors, index wrap-around (checklist 8.2 items 8-13, 8.1 #30, #41, #52).
+// EVENT_IDX, indirect descriptors, index wrap-around (docs/protocol-notes.md 1.3, 1.4, 2).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -2,8 +2,8 @@
  * The CAN frame model shared by the virtio-can device, the hub and the host adapters, plus the can-utils
  * `candump -L` text codec and an on-wire bit count for bus-load estimates.
  *
- * Identifier rules follow VIRTIO 1.4 CAN (reference.md §1.6): the identifier carries no flag bits; the
- * frame type lives in separate booleans. Length rules follow §1.7: classic 0..8, CAN FD one of the 16
+ * Identifier rules follow VIRTIO 1.4 CAN (section 5.22; docs/protocol-notes.md 3): the identifier carries
+ * no flag bits; the frame type lives in separate booleans. Length rules: classic 0..8, CAN FD one of the 16
  * canonical sizes (non-canonical sizes such as 13 are invalid, not padded), RTR only in classic CAN with
  * `len` = requested DLC 0..8 and no payload. `len8Dlc` is Linux's `can_frame.len8_dlc`: the raw DLC 9..15
  * of a classic frame that carries 8 bytes (or requests 8 bytes, for RTR).
@@ -238,7 +238,7 @@ export function stampCanFrame(f: CanFrame, timestampNs: bigint, origin: number):
 }
 
 // ---------------------------------------------------------------------------------------------------
-// candump -L text (can-utils lib.c sprint_canframe / parse_canframe; ecosystem.md §4.1)
+// candump -L text (can-utils lib.c sprint_canframe / parse_canframe)
 
 const HEX_DIGITS = '0123456789ABCDEF';
 const HEX_BYTE: readonly string[] = Array.from(

@@ -4,7 +4,7 @@
  * port's bounded receive queue.
  *
  * Semantics (why, in brief):
- * - No echo to the sender. The Linux virtio_can driver echoes locally (IFF_ECHO, reference.md §2.8);
+ * - No echo to the sender. The Linux virtio_can driver echoes locally (IFF_ECHO, virtio_can.c;
  *   a second copy from the bus makes guest applications see every frame twice (rust-vmm #925).
  * - Fan-out is synchronous and in attach order. All transmits, including ones made from inside a
  *   handler callback, go through one FIFO, so every receiver sees frames in the order they were
@@ -65,7 +65,7 @@ export interface BusPortHandler {
 /**
  * What a port may receive; everything else is counted `rxFiltered` and never queued. An RTR frame is a
  * classic frame, so it needs `classic` *and* `rtr` (as the virtio-can driver requires CAN_CLASSIC and
- * RTR_FRAMES, reference.md §2.5); an FD frame needs `fd`.
+ * RTR_FRAMES, docs/protocol-notes.md 4); an FD frame needs `fd`.
  */
 export interface PortAcceptPolicy {
   readonly classic: boolean;

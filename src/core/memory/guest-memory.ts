@@ -1,7 +1,7 @@
 /**
  * Guest memory as the back-end sees it: a table of regions, each one mapped into our process.
  *
- * Three address spaces meet here (vhost-user.rst "Memory regions"; reference.md 4.6):
+ * Three address spaces meet here (vhost-user.rst "Memory regions description"; docs/protocol-notes.md 1.4):
  *  - guest physical addresses (GPA): what descriptors carry;
  *  - front-end virtual addresses (UVA, QEMU's userspace_addr): what SET_VRING_ADDR carries;
  *  - our own mapping: a Uint8Array per region.

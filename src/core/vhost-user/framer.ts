@@ -2,7 +2,7 @@
  * Splits a vhost-user byte stream into messages and attributes file descriptors to them.
  *
  * The kernel may merge stream data that precedes an SCM_RIGHTS message but never data that follows
- * it (ecosystem.md 1.2 #1). The node connection therefore asks `wanted()` and reads exactly that many
+ * it (docs/protocol-notes.md 1.1). The node connection therefore asks `wanted()` and reads exactly that many
  * bytes: first the 12-byte header, then the payload. fds that arrive with a chunk belong to the
  * message that chunk is part of. The framer bounds the payload size and the fd count before
  * allocating, and survives any split of the stream (see the property tests).

@@ -1,5 +1,5 @@
 /**
- * vhost-user wire constants (qemu docs/interop/vhost-user.rst; reference.md section 4).
+ * vhost-user wire constants (qemu docs/interop/vhost-user.rst; docs/protocol-notes.md 1).
  * One namespace per kind of number: request codes, header flags, protocol feature bits.
  */
 

@@ -2,17 +2,18 @@
  * One vhost-user connection, back-end side: decodes each front-end message, keeps the per-ring and
  * per-connection state, and drives the device through the device contract.
  *
- * Reply rules (vhost-user.rst "Communication"; reference.md 4.3): messages that have a reply body
- * always get exactly that reply, with flags 0x5 and the request code echoed, whatever NEED_REPLY
- * says. Every other message gets a u64 ack (0 = success) only when the front-end set NEED_REPLY.
- * Unknown requests: a non-zero ack with NEED_REPLY, otherwise logged and ignored.
+ * Reply rules (vhost-user.rst "Communication"; docs/protocol-notes.md 1.2): messages that have a
+ * reply body always get exactly that reply, with flags 0x5 and the request code echoed, whatever
+ * NEED_REPLY says. Every other message gets a u64 ack (0 = success) only when the front-end set
+ * NEED_REPLY. Unknown requests: a non-zero ack with NEED_REPLY, otherwise logged and ignored.
  *
- * Ring states (reference.md 4.5): started/stopped and enabled/disabled are independent. A ring is
- * started by SET_VRING_KICK and stopped by GET_VRING_BASE; it is enabled by SET_VRING_ENABLE(1), or
- * by SET_FEATURES when bit 30 was not negotiated. The device may process a ring only while it is
- * started and enabled; a started but disabled ring is processed without side effects (the device's
- * queueDiscard: what the driver posts is returned failed). With every ring stopped the device is suspended: no guest-memory writes, no
- * interrupts and no back-end messages (the config-change notification is deferred).
+ * Ring states (vhost-user.rst "Ring states", "Suspended device state"; docs/protocol-notes.md 1.3):
+ * started/stopped and enabled/disabled are independent. A ring is started by SET_VRING_KICK and
+ * stopped by GET_VRING_BASE; it is enabled by SET_VRING_ENABLE(1), or by SET_FEATURES when bit 30
+ * was not negotiated. The device may process a ring only while it is started and enabled; a started
+ * but disabled ring is processed without side effects (the device's queueDiscard: what the driver
+ * posts is returned failed). With every ring stopped the device is suspended: no guest-memory
+ * writes, no interrupts and no back-end messages (the config-change notification is deferred).
  */
 import { GuestMemory, type MappedRegion, validateRegionInfo } from '../memory/guest-memory.js';
 import { deviceFailure, dispositionOf, errorCodeOf, VhostError } from '../util/errors.js';
@@ -596,7 +597,7 @@ export class VhostUserSession implements DeviceHost {
     const s = decodeVringState(msg.payload);
     const v = this.vring(s.index);
     // Finish or fail everything taken from the ring before answering: the front-end restarts the
-    // ring at the index we return, so anything still in flight would be lost (reference.md 4.5).
+    // ring at the index we return, so anything still in flight would be lost (vhost-user.rst "Ring states").
     this.deactivate(s.index);
     const next = v.queue !== null ? v.queue.lastAvail : v.base;
     this.stopRing(v);
@@ -799,7 +800,7 @@ export class VhostUserSession implements DeviceHost {
 
   private sendConfigChange(): void {
     // No NEED_REPLY: waiting for QEMU's answer while QEMU may itself wait on us for a GET_CONFIG
-    // round trip from a vCPU could deadlock (reference.md 3.4). Flags: version 1 only, size 0.
+    // round trip from a vCPU could deadlock (docs/protocol-notes.md 1.5). Flags: version 1 only, size 0.
     const msg = encodeMessage(BackendReq.CONFIG_CHANGE_MSG, HeaderFlag.VERSION);
     if (this.io.sendToBackendChannel(this.backendFd, msg)) this.stats.configChangeSent++;
     else this.log.warn('could not send CONFIG_CHANGE_MSG on the back-end channel');

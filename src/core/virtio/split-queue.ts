@@ -1,15 +1,16 @@
 /**
  * The device side of a split virtqueue (virtio 1.x section 2.7).
  *
- * Memory ordering (ecosystem.md 2.2): the guest driver runs concurrently on another CPU. Fields the
- * driver writes and we poll (avail.idx, used_event, avail.flags) are read with Atomics.load, which is
- * sequentially consistent and therefore at least an acquire: descriptor and ring-entry reads that
- * follow it cannot be satisfied from before it. The used-ring elements are written with plain stores
- * and then used.idx is published with Atomics.store (at least a release), so the driver that sees the
- * new index also sees the elements. EVENT_IDX needs a full barrier between publishing used.idx and
- * reading used_event (and between writing avail_event and re-reading avail.idx): a SeqCst store
- * followed by a SeqCst load gives exactly that. V8 emits real hardware atomics for these (a builtin
- * call on Node 20, which is also a compiler barrier).
+ * Memory ordering (VIRTIO 1.x 2.7; docs/decisions.md "Ring memory ordering"): the guest driver runs
+ * concurrently on another CPU. Fields the driver writes and we poll (avail.idx, used_event,
+ * avail.flags) are read with Atomics.load, which is sequentially consistent and therefore at least
+ * an acquire: descriptor and ring-entry reads that follow it cannot be satisfied from before it.
+ * The used-ring elements are written with plain stores and then used.idx is published with
+ * Atomics.store (at least a release), so the driver that sees the new index also sees the elements.
+ * EVENT_IDX needs a full barrier between publishing used.idx and reading used_event (and between
+ * writing avail_event and re-reading avail.idx): a SeqCst store followed by a SeqCst load gives
+ * exactly that. V8 emits real hardware atomics for these (a builtin call on Node 20, which is also
+ * a compiler barrier).
  *
  * Ring addresses are front-end virtual addresses (SET_VRING_ADDR); they are translated to a region
  * and an offset when the ring is attached and again whenever the memory table changes. Each ring
@@ -143,7 +144,7 @@ export class SplitQueue {
   /**
    * Consumes the next available chain into `chain`. Returns false when none is available.
    * Throws a VhostError when the chain is malformed: the slot is consumed and `chain.head` is set,
-   * so the caller can return it with used length 0 (reference.md 1.12) — unless the head index
+   * so the caller can return it with used length 0 (docs/protocol-notes.md 2) — unless the head index
    * itself is invalid (ERR_VQ_DESC_INDEX with chain.head = -1), which breaks the ring.
    */
   next(chain: DescriptorChain): boolean {

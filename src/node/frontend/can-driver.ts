@@ -1,5 +1,5 @@
 /**
- * Plays the mainline Linux virtio_can driver (drivers/net/can/virtio_can.c; reference.md 2) on top
+ * Plays the mainline Linux virtio_can driver (drivers/net/can/virtio_can.c; docs/protocol-notes.md 4) on top
  * of the TypeScript front-end: feature negotiation, RX buffers posted before DRIVER_OK (so the
  * back-end must scan the ring without a kick), TX as 16+len readable bytes + 1 writable result
  * byte (optionally through an indirect table), control requests as 2 + 1 bytes, RX decoding and

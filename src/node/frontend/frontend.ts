@@ -1,14 +1,14 @@
 /**
  * A vhost-user FRONT-END in TypeScript: it plays QEMU (the vhost-user master) over a real Unix
  * socket, with real memfd guest memory and real eventfds, so that a back-end can be driven exactly
- * as QEMU 11 drives it (reference.md 3.6) — by tests, benchmarks and the vhost-user-probe CLI.
+ * as QEMU 11 drives it (docs/protocol-notes.md 1.7) — by tests, benchmarks and the vhost-user-probe CLI.
  *
  * I/O never blocks the event loop: the socket is non-blocking and watched (uv_poll,
  * level-triggered: every callback drains until EAGAIN). Requests that expect an answer (messages
  * with a reply body, or NEED_REPLY) are answered in order on a stream socket, so replies are
  * matched to a FIFO of waiters. A waiter that timed out stays in the FIFO as a tombstone and
  * swallows its late reply, so one slow answer cannot shift every later match. Replies are checked
- * as QEMU checks them: flags exactly 0x5 and the request code echoed (reference.md 4.1), otherwise
+ * as QEMU checks them: flags exactly 0x5 and the request code echoed (vhost-user.rst "Header"), otherwise
  * the request fails with ERR_FRONTEND_BAD_REPLY.
  *
  * Messages are encoded with the shared codec (src/core/vhost-user/codec.ts) and split with the
@@ -159,7 +159,8 @@ export interface StartOptions {
   ringRegion?: number;
   /**
    * Runs after the rings exist in guest memory and before any message of the start sequence:
-   * where a driver posts buffers during probe, before DRIVER_OK (reference.md 2.2).
+   * where a driver posts buffers during probe, before DRIVER_OK (virtio_can.c probe;
+   * docs/protocol-notes.md 4).
    */
   beforeStart?: (queues: readonly DriverQueue[]) => void | Promise<void>;
   /** Leave the rings disabled (no SET_VRING_ENABLE(1)), for tests of the enable state. */
@@ -851,7 +852,7 @@ export class VhostUserFrontend {
     return Number(await this.getU64(FrontendReq.GET_STATUS, opts));
   }
 
-  // ---- QEMU 11 choreography (reference.md 3.6) ------------------------------------------------
+  // ---- QEMU 11 choreography (docs/protocol-notes.md 1.7) ---------------------------------------
 
   /** The result of init(), or null before it. */
   get negotiated(): InitResult | null {
@@ -934,7 +935,7 @@ export class VhostUserFrontend {
 
   /**
    * A message QEMU waits for: NEED_REPLY when REPLY_ACK was negotiated, otherwise followed by a
-   * GET_FEATURES barrier (reference.md 3.6 step 13, 4.3).
+   * GET_FEATURES barrier (vhost-user.rst "Communication"; docs/protocol-notes.md 1.2, 1.7).
    */
   private async synced(what: string, send: (o: AckOptions) => Promise<number | undefined>): Promise<void> {
     if (this.hasProtocol(ProtocolFeature.REPLY_ACK)) {

@@ -4,7 +4,8 @@
  * All regions live in ONE memfd, one after the other, so every region but the first has a non-zero
  * mmap_offset (the back-end must honour it). Each region is mapped here too (the "guest" side of the
  * test), and gets a fake front-end user address, `uva = UVA_BASE + gpa`, so that uva != gpa and a
- * back-end that confuses the two address spaces fails visibly (reference.md 4.6, 4.8 #1).
+ * back-end that confuses the two address spaces fails visibly (vhost-user.rst "Memory regions
+ * description", SET_VRING_ADDR; docs/protocol-notes.md 1.4).
  */
 import { GuestMemory, type MappedRegion } from '../../core/memory/guest-memory.js';
 import type { MemRegionDesc } from '../../core/vhost-user/codec.js';

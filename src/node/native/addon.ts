@@ -2,7 +2,7 @@
 //
 // `NativeAddon` is the one description of everything the addon exports. Code that needs
 // syscalls takes a `NativeAddon` (or the parts it uses) as a parameter, so tests can pass a
-// fake of the same shape (architecture.md principle 9); only composition roots and
+// fake of the same shape (docs/decisions.md "Native addon"); only composition roots and
 // integration tests use the loaded `native` instance directly.
 //
 // Conventions of the addon (all of them hold for every function below):

@@ -1,5 +1,5 @@
-// A close-once owner for a raw fd (architecture.md principle 8: every resource has one
-// owner, and close() is idempotent).
+// A close-once owner for a raw fd: every resource has one owner, and close() is idempotent
+// (docs/decisions.md "Native addon").
 import { native } from './addon.js';
 
 /** The error thrown when a closed or released `OwnedFd` is used. */

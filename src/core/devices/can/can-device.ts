@@ -2,7 +2,7 @@
  * The VIRTIO CAN device (VIRTIO 1.4 section 5.22), one per guest connection, attached to a CAN bus
  * through a hub port. It implements the device contract; the vhost-user layer drives it.
  *
- * Decisions beyond the spec text, with the reasoning (reference.md 1.8-1.13, 2, 5.7):
+ * Decisions beyond the spec text, with the reasoning (the long form: docs/decisions.md "CAN device"):
  * - START and STOP are idempotent: a guest rebooted without `ip link set down` must be able to bring
  *   the interface up again (the reference answers NOT_OK and the guest gets EIO).
  * - A malformed TX request is answered NOT_OK and counted; it never stops the controller.

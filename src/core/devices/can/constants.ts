@@ -1,5 +1,5 @@
 /**
- * VIRTIO CAN constants (VIRTIO 1.4 section 5.22; include/uapi/linux/virtio_can.h; reference.md 1).
+ * VIRTIO CAN constants (VIRTIO 1.4 section 5.22; include/uapi/linux/virtio_can.h; docs/protocol-notes.md 3).
  * One namespace per kind of number: feature bit numbers, message types, flag bits, status bits.
  * (The reference implementation gave bus-off and RTR_FRAMES the same value and got bus-off wrong.)
  */

@@ -1,7 +1,7 @@
 /**
  * Validation of a guest TX request (virtio_can_tx_out) and encoding of RX messages (virtio_can_rx).
- * The rules are the spec's (VIRTIO 1.4 5.22.6.2 and reference.md 1.6-1.7, 1.12); a bad request is
- * never an exception: it is a reason code, counted, and answered with VIRTIO_CAN_RESULT_NOT_OK.
+ * The rules are the spec's (VIRTIO 1.4 5.22.6.2; docs/protocol-notes.md 3; transport-level cases:
+ * docs/decisions.md "CAN device"); a bad request is never an exception: it is a reason code, counted, and answered with VIRTIO_CAN_RESULT_NOT_OK.
  */
 import type { CanFrame } from '../../bus/can-frame.js';
 import {

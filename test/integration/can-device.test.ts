@@ -63,7 +63,7 @@ test('#1-3 features, protocol features and queue count', async (t) => {
   assert.equal(drv.features & ~CAN_DRIVER_FEATURES, 0n);
 });
 
-test('#1 a bus without classic CAN never offers RTR; without FD it offers no FD', async (t) => {
+test('a bus without classic CAN never offers RTR; without FD it offers no FD', async (t) => {
   const { paths } = startTestDaemon(t, { sockets: 2, features: { classic: false } });
   const { fe } = await startDriver(t, paths[0]!);
   assert.equal(fe.negotiated!.features & bit(CanFeature.RTR_FRAMES), 0n);
@@ -98,13 +98,13 @@ test('#8-16 controller: STOPPED at connect, TX refused while stopped, idempotent
   const host = hostPort(t, can.hubFor(0));
   const { drv } = await startDriver(t, paths[0]!);
   assert.equal(can.device(0)!.controllerState, 'stopped');
-  assert.equal(await drv.send({ id: 0x123, data: [1] }), 1, '#9 TX while stopped');
+  assert.equal(await drv.send({ id: 0x123, data: [1] }), 1, 'TX while stopped');
   assert.equal(host.frames().length, 0, 'nothing reached the bus');
-  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_STOP), 0, '#12 STOP while stopped');
-  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START), 0, '#10 START');
-  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START), 0, '#11 START while started');
-  assert.equal(await drv.control(0x0203), 1, '#14 unknown type');
-  assert.equal(await drv.control(0, { raw: Uint8Array.of(1) }), 1, '#15 short request');
+  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_STOP), 0, 'STOP while stopped');
+  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START), 0, 'START');
+  assert.equal(await drv.control(CanMsgType.SET_CTRL_MODE_START), 0, 'START while started');
+  assert.equal(await drv.control(0x0203), 1, 'unknown type');
+  assert.equal(await drv.control(0, { raw: Uint8Array.of(1) }), 1, 'short request');
   assert.equal(
     await drv.control(CanMsgType.SET_CTRL_MODE_STOP, { noResultByte: true }),
     -1,
@@ -138,17 +138,17 @@ test('#17-18,27,31-35 two guests exchange classic, FD, extended and RTR frames b
   const got = await b.waitFrames(MIXED.length);
   assert.equal(got.length, MIXED.length);
   for (const [i, f] of MIXED.entries()) expectRx(got[i]!, f);
-  // The bus sees the RTR request with DLC 4 and no payload (#27), with 29-bit IDs intact (#18).
+  // The bus sees the RTR request with DLC 4 and no payload, with 29-bit IDs intact.
   const seen = host.frames();
   assert.equal(seen.length, MIXED.length);
   assert.equal(seen[3]!.rtr, true);
   assert.equal(seen[3]!.len, 4);
   assert.equal(seen[2]!.id, 0x1abcdef0);
   assert.equal(seen[2]!.extended, true);
-  // No echo (#32): A receives nothing of its own.
+  // No echo: A receives nothing of its own.
   await sleep(50);
   assert.equal(a.received().length, 0);
-  // And the other direction, interleaved with the host port (#33).
+  // And the other direction, interleaved with the host port.
   host.transmit(frame(0x55, [5]));
   assert.equal(await b.send({ id: 0x66, data: [6] }), 0);
   const toA = await a.waitFrames(2);
@@ -173,16 +173,16 @@ test('#19-28 malformed and non-negotiated TX requests get NOT_OK; the next valid
     return b;
   };
   const bad: [string, Uint8Array][] = [
-    ['#19 msg_type', raw({ type: 0x0101 })],
-    ['#20 undefined flag', raw({ flags: 0x0001 })],
-    ['#21 std id 0x800', raw({ id: 0x800 })],
-    ['#21 ext id 0x20000000', raw({ id: 0x20000000, flags: CanFlag.EXTENDED })],
-    ['#22 classic length 9', raw({ len: 9 })],
-    ['#23 FD length 13', raw({ len: 13, flags: CanFlag.FD })],
-    ['#23 FD length 65', raw({ len: 65, flags: CanFlag.FD })],
-    ['#26 RTR not negotiated', raw({ flags: CanFlag.RTR })],
-    ['#26 RTR+FD', raw({ flags: CanFlag.RTR | CanFlag.FD })],
-    ['#28 short payload', raw({ len: 8 }).subarray(0, 20)],
+    ['msg_type', raw({ type: 0x0101 })],
+    ['undefined flag', raw({ flags: 0x0001 })],
+    ['std id 0x800', raw({ id: 0x800 })],
+    ['ext id 0x20000000', raw({ id: 0x20000000, flags: CanFlag.EXTENDED })],
+    ['classic length 9', raw({ len: 9 })],
+    ['FD length 13', raw({ len: 13, flags: CanFlag.FD })],
+    ['FD length 65', raw({ len: 65, flags: CanFlag.FD })],
+    ['RTR not negotiated', raw({ flags: CanFlag.RTR })],
+    ['RTR+FD', raw({ flags: CanFlag.RTR | CanFlag.FD })],
+    ['short payload', raw({ len: 8 }).subarray(0, 20)],
     ['short header', raw({}).subarray(0, 10)],
     ['empty', new Uint8Array(0)],
   ];
@@ -190,7 +190,7 @@ test('#19-28 malformed and non-negotiated TX requests get NOT_OK; the next valid
     assert.equal(await drv.send({ id: 0 }, { raw: bytes }), 1, what);
     assert.equal(await drv.send({ id: 0x42, data: [1] }), 0, `valid frame after ${what}`);
   }
-  assert.equal(await drv.send({ id: 1 }, { noResultByte: true }), -1, '#29 no writable byte: used length 0');
+  assert.equal(await drv.send({ id: 1 }, { noResultByte: true }), -1, 'no writable byte: used length 0');
   for (const len of [12, 16, 20, 24, 32, 48, 64]) {
     assert.equal(await drv.send({ id: 0x7, fd: true, data: new Array(len).fill(len) }), 0, `#23 FD ${len}`);
   }
@@ -208,10 +208,10 @@ test('#24-25,55 classic-only guests get 24-byte buffers; FD-only guests refuse c
   const all = (await startDriver(t, paths[2]!)).drv;
   for (const d of [c, f, all]) assert.equal(await d.startController(), 0);
   assert.equal(c.rxBufferSize, 24);
-  assert.equal(await c.send({ id: 1, fd: true, data: [1] }), 1, '#24 FD without CAN_FD');
-  assert.equal(await f.send({ id: 1, data: [1] }), 1, '#25 classic without CAN_CLASSIC');
+  assert.equal(await c.send({ id: 1, fd: true, data: [1] }), 1, 'FD without CAN_FD');
+  assert.equal(await f.send({ id: 1, data: [1] }), 1, 'classic without CAN_CLASSIC');
   // From the full-featured guest: an FD frame and an RTR frame are dropped for the classic-only
-  // guest (#37, it negotiated RTR) ... only the FD one; the classic one arrives within 24 bytes (#36).
+  // guest (it negotiated RTR) ... only the FD one; the classic one arrives within 24 bytes.
   assert.deepEqual(
     await all.sendMany([
       { id: 0x10, fd: true, data: new Array(64).fill(1) },
@@ -230,14 +230,14 @@ test('#24-25,55 classic-only guests get 24-byte buffers; FD-only guests refuse c
   assert.deepEqual(
     rf.map((x) => x.id),
     [0x10],
-    '#38 the FD-only guest gets neither classic nor RTR frames',
+    'the FD-only guest gets neither classic nor RTR frames',
   );
   await sleep(30);
   assert.equal(can.device(0)!.port.stats.rxFiltered, 1);
   assert.equal(can.device(1)!.port.stats.rxFiltered, 2);
 });
 
-test('#39 frames arriving while STOPPED are discarded, never delivered after START', async (t) => {
+test('frames arriving while STOPPED are discarded, never delivered after START', async (t) => {
   const { paths, can } = startTestDaemon(t);
   const host = hostPort(t, can.hubFor(0));
   const { drv } = await startDriver(t, paths[0]!);
@@ -287,7 +287,7 @@ test('#40-42 10,000 frames through 64 RX buffers: all delivered in order, no des
   assert.equal(can.device(0)!.port.stats.rxDroppedOverflow, 0);
 });
 
-test('#43 the per-guest backlog is bounded and overflow is counted', async (t) => {
+test('the per-guest backlog is bounded and overflow is counted', async (t) => {
   const { paths, can } = startTestDaemon(t, { rxBacklog: 16 });
   const host = hostPort(t, can.hubFor(0));
   const { drv } = await startDriver(t, paths[0]!, { queueSize: 8 });
@@ -306,7 +306,7 @@ test('#43 the per-guest backlog is bounded and overflow is counted', async (t) =
   assert.equal(drv.received().length, 16, 'nothing beyond the backlog arrives later');
 });
 
-test('#41 RX buffers posted before the ring started are used without a kick', async (t) => {
+test('RX buffers posted before the ring started are used without a kick', async (t) => {
   const { paths, can } = startTestDaemon(t);
   const host = hostPort(t, can.hubFor(0));
   const { drv } = await startDriver(t, paths[0]!);
@@ -335,7 +335,7 @@ test('#45-47 bus-off: status 1, CONFIG_CHANGE_MSG, pending TX NOT_OK, START clea
   assert.equal(await drv.send({ id: 1, data: [1] }), 0);
 });
 
-test('#46 no CONFIG_CHANGE_MSG while suspended: it is sent when the rings restart', async (t) => {
+test('no CONFIG_CHANGE_MSG while suspended: it is sent when the rings restart', async (t) => {
   const { paths, can } = startTestDaemon(t);
   const { fe, drv } = await startDriver(t, paths[0]!);
   await drv.startController();
@@ -348,7 +348,7 @@ test('#46 no CONFIG_CHANGE_MSG while suspended: it is sent when the rings restar
   assert.equal(await drv.readStatus(), 1);
 });
 
-test('#52 VM pause/resume keeps the controller STARTED and loses no descriptors', async (t) => {
+test('VM pause/resume keeps the controller STARTED and loses no descriptors', async (t) => {
   const { paths, can } = startTestDaemon(t, { sockets: 2 });
   const { drv } = await startDriver(t, paths[0]!);
   const peer = (await startDriver(t, paths[1]!)).drv;
@@ -370,7 +370,7 @@ test('#52 VM pause/resume keeps the controller STARTED and loses no descriptors'
   );
 });
 
-test('#53 a guest reset (rings restarted from index 0) resets the device; stale frames are not delivered', async (t) => {
+test('a guest reset (rings restarted from index 0) resets the device; stale frames are not delivered', async (t) => {
   const { paths, can } = startTestDaemon(t);
   const host = hostPort(t, can.hubFor(0));
   const { fe, ram, drv } = await startDriver(t, paths[0]!);
@@ -391,7 +391,7 @@ test('#53 a guest reset (rings restarted from index 0) resets the device; stale 
   assert.equal(await again.send({ id: 3, data: [3] }), 0);
 });
 
-test('#50,54 a hostile guest on one socket does not disturb config reads or traffic of another', async (t) => {
+test('a hostile guest on one socket does not disturb config reads or traffic of another', async (t) => {
   const { paths } = startTestDaemon(t, { sockets: 3 });
   const busy = (await startDriver(t, paths[0]!)).drv;
   const sink = (await startDriver(t, paths[1]!)).drv;
@@ -418,7 +418,7 @@ test('#50,54 a hostile guest on one socket does not disturb config reads or traf
   lat.sort((x, y) => x - y);
   assert.ok(sent > 0);
   assert.ok(lat[lat.length - 1]! < 250, `GET_CONFIG worst latency ${lat[lat.length - 1]} ms under load`);
-  // A malformed control request on the quiet guest leaves its TX queue working (#50).
+  // A malformed control request on the quiet guest leaves its TX queue working.
   assert.equal(await quiet.drv.control(0, { raw: new Uint8Array(0) }), 1);
   assert.equal(await quiet.drv.send({ id: 1 }), 0);
 });
@@ -439,7 +439,7 @@ test('a guest that breaks its ring is marked broken; the other guests keep going
   assert.equal(await bad.readStatus(), 0, 'config reads are still answered');
 });
 
-test('#30 chains with an unmapped buffer or a loop come back with used length 0; processing goes on', async (t) => {
+test('chains with an unmapped buffer or a loop come back with used length 0; processing goes on', async (t) => {
   const { paths, can } = startTestDaemon(t);
   const host = hostPort(t, can.hubFor(0));
   const { ram, drv } = await startDriver(t, paths[0]!, {

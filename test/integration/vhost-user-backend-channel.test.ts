@@ -24,11 +24,11 @@ describe('back-end channel', () => {
     assert.equal(msg.size, 0);
     assert.equal(msg.fdCount, 0);
     assert.equal(fe.configChangeCount, 1);
-    // 8.1 #45: status bit 0 (value 1), controller stopped, TX refused.
+    // status bit 0 (value 1), controller stopped, TX refused.
     assert.equal(await drv.readStatus(), CanStatus.CTRL_BUSOFF);
     assert.equal(can.device(0)!.controllerState, 'stopped');
     assert.equal(await drv.send({ id: 2, data: [2] }), 1);
-    // 8.1 #47: START clears the bit (before completing), no notification for that.
+    // START clears the bit (before completing), no notification for that.
     assert.equal(await drv.startController(), 0);
     assert.equal(await drv.readStatus(), 0);
     assert.equal(await drv.send({ id: 3, data: [3] }), 0);
@@ -40,7 +40,7 @@ describe('back-end channel', () => {
     );
   });
 
-  test('while every ring is stopped no back-end message is sent; it follows the restart (8.2 #18)', async (t) => {
+  test('while every ring is stopped no back-end message is sent; it follows the restart', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { fe, drv } = await startDriver(t, paths[0]!);
     assert.equal(await drv.startController(), 0);

@@ -75,7 +75,7 @@ describe('isolation', () => {
     assert.equal(await g1.drv.startController(), 0);
   });
 
-  test('a guest reset (rings restarted from index 0, new SET_FEATURES) recovers a broken device (8.1 #53)', async (t) => {
+  test('a guest reset (rings restarted from index 0, new SET_FEATURES) recovers a broken device', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { fe, ram, drv } = await startDriver(t, paths[0]!);
     drv.tx.ring.setAvailIdx(5000);

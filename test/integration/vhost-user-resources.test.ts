@@ -1,6 +1,6 @@
 // Resource hygiene across the whole stack (front-end and back-end share this process, so the
-// counts cover both): superseded fds are closed (8.2 #15), connections leave nothing behind
-// (8.2 #19), repeated memory tables do not accumulate mappings.
+// counts cover both): superseded fds are closed, connections leave nothing behind
+//, repeated memory tables do not accumulate mappings.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CanTestDriver } from '../../src/node/frontend/can-driver.js';
@@ -22,7 +22,7 @@ import {
 } from '../helpers/vhost-user.js';
 
 describe('resources', () => {
-  test('SET_VRING_CALL / ERR / KICK repeated with new fds: the fd count stays flat (8.2 #15)', async (t) => {
+  test('SET_VRING_CALL / ERR / KICK repeated with new fds: the fd count stays flat', async (t) => {
     const { paths } = startTestDaemon(t);
     const { fe, drv } = await startDriver(t, paths[0]!);
     await settle();
@@ -53,7 +53,7 @@ describe('resources', () => {
     assert.equal(fdCount(), before);
   });
 
-  test('200 connect/disconnect cycles leak no fds and no mappings (8.2 #19)', async (t) => {
+  test('200 connect/disconnect cycles leak no fds and no mappings', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const host = hostPort(t, can.hubFor(0));
     const cycle = async (i: number): Promise<void> => {

@@ -20,7 +20,7 @@ import {
 const NO_EVENT_IDX = CAN_DRIVER_FEATURES & ~featureMask(VirtioFeature.RING_EVENT_IDX);
 
 describe('rings and guest memory', () => {
-  test('ring addresses are user addresses, rings live in a region with mmap_offset != 0 (8.2 #10-12)', async (t) => {
+  test('ring addresses are user addresses, rings live in a region with mmap_offset != 0', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { ram, drv } = await startDriver(t, paths[0]!);
     const regions = ram.regions();
@@ -51,7 +51,7 @@ describe('rings and guest memory', () => {
     assert.equal(rx!.usedLen, 18);
   });
 
-  test('RX buffers posted before the ring starts are used without a kick (8.1 #41)', async (t) => {
+  test('RX buffers posted before the ring starts are used without a kick', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { drv } = await startDriver(t, paths[0]!);
     assert.equal(drv.rx.stats.kicks, 0);
@@ -218,7 +218,7 @@ describe('rings and guest memory', () => {
     assert.equal(drv.received().length, 0);
   });
 
-  test('SET_MEM_TABLE again while running re-translates and releases the old mappings (8.2 #13)', async (t) => {
+  test('SET_MEM_TABLE again while running re-translates and releases the old mappings', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { fe, ram, drv } = await startDriver(t, paths[0]!);
     const host = hostPort(t, can.hubFor(0));
@@ -237,7 +237,7 @@ describe('rings and guest memory', () => {
     assert.equal(can.daemon.connection(0)!.session.broken, null);
   });
 
-  test('GET_VRING_BASE stops the ring: next avail index, no further used entries (8.2 #8, #18)', async (t) => {
+  test('GET_VRING_BASE stops the ring: next avail index, no further used entries', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { ram, drv } = await startDriver(t, paths[0]!);
     const host = hostPort(t, can.hubFor(0));
@@ -272,7 +272,7 @@ describe('rings and guest memory', () => {
       [0, 0, 0],
     );
     assert.equal(host.frames().length, 5, 'the chain posted while stopped was not transmitted');
-    // Resume (8.2 #9): the chain at index 5 is taken, but returned NOT_OK: rings restart disabled
+    // Resume: the chain at index 5 is taken, but returned NOT_OK: rings restart disabled
     // (SET_VRING_KICK comes before SET_VRING_ENABLE), and a started but disabled TX ring discards
     // what it holds (vhost-user "Ring states"). The frame that waited on the bus is delivered.
     const completed = drv.tx.waitFor(head);
@@ -287,7 +287,7 @@ describe('rings and guest memory', () => {
     assert.equal(rx!.id, 0x77, 'a frame that arrived during the pause is delivered after resume');
   });
 
-  test('SET_VRING_BASE(n) on restart resumes exactly at n (8.2 #9)', async (t) => {
+  test('SET_VRING_BASE(n) on restart resumes exactly at n', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { ram, drv } = await startDriver(t, paths[0]!);
     const host = hostPort(t, can.hubFor(0));
@@ -320,7 +320,7 @@ describe('rings and guest memory', () => {
     assert.equal(a.head !== b.head, true);
   });
 
-  test('VM pause/resume keeps the controller STARTED and loses nothing (8.1 #52)', async (t) => {
+  test('VM pause/resume keeps the controller STARTED and loses nothing', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { drv } = await startDriver(t, paths[0]!);
     const host = hostPort(t, can.hubFor(0));
@@ -389,7 +389,7 @@ describe('rings and guest memory', () => {
     assert.equal(await drv.send({ id: 1, data: [1] }), 0, 'processing continues');
   });
 
-  test('chains with unmapped buffers or loops are returned with used length 0 (8.2 #11, 8.1 #30)', async (t) => {
+  test('chains with unmapped buffers or loops are returned with used length 0', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const { ram, drv } = await startDriver(t, paths[0]!);
     assert.equal(await drv.startController(), 0);
@@ -439,7 +439,7 @@ describe('rings and guest memory', () => {
     assert.equal(bases[CanQueue.CTRL], 65531);
   });
 
-  test('classic-only negotiation uses 24-byte RX buffers and never overruns them (8.1 #36, #55)', async (t) => {
+  test('classic-only negotiation uses 24-byte RX buffers and never overruns them', async (t) => {
     const { can, paths } = startTestDaemon(t);
     const features = CAN_DRIVER_FEATURES & ~featureMask(CanFeature.CAN_FD);
     const { drv } = await startDriver(t, paths[0]!, { features });

@@ -310,7 +310,7 @@ test('a 20,000-frame cangen burst reaches a 64-entry-ring guest with default set
   assert.ok(received >= 0.9 * N, why);
 });
 
-test('#44 host error frames are never delivered as data; a bus-off error frame puts the guests into BUS-OFF', {
+test('host error frames are never delivered as data; a bus-off error frame puts the guests into BUS-OFF', {
   skip: SKIP,
 }, async (t) => {
   const ifname = vcan(t);

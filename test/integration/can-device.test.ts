@@ -1,7 +1,7 @@
 /**
  * The VIRTIO CAN device over real sockets, memfd guest RAM and eventfds, driven by the TypeScript
- * front-end playing QEMU + the Linux virtio_can driver. The "#n" numbers in test names are requirement
- * numbers from the project's early notes; each title says what it checks (rules: docs/protocol-notes.md 3-4).
+ * front-end playing QEMU + the Linux virtio_can driver. Each title says what it checks (the rules:
+ * docs/protocol-notes.md 3-4).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';

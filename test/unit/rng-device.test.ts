@@ -361,3 +361,19 @@ test('destroy cancels the timer; a late timer does nothing', () => {
   h.runScheduled();
   assert.equal(h.used().length, 1);
 });
+
+test('a request posted without a kick while the budget is spent is served and counted when the period ends', () => {
+  const { h, dev, time } = make({ maxBytes: 8, periodMs: 100 });
+  h.post([true], 8);
+  dev.queueNotified(0);
+  assert.equal(dev.stats.throttledPeriods, 0);
+  assert.equal(time.armed, 1, 'armed although the ring is empty: no kick was asked for');
+  h.post([true], 8); // EVENT_IDX: the driver need not kick
+  time.advance(100);
+  h.runScheduled();
+  assert.deepEqual(
+    h.used().map((u) => u.len),
+    [8, 8],
+  );
+  assert.equal(dev.stats.throttledPeriods, 1);
+});

@@ -105,6 +105,7 @@ export class RngDevice implements VirtioDevice {
     const period = opts.periodMs ?? 1000;
     if (!Number.isInteger(period) || period < 1) throw new RangeError(`period ${period} ms`);
     this.maxBytes = maxBytes;
+    this.left = maxBytes;
     this.periodMs = period;
     this.features = ringFeatures(opts);
     this.maxQueueSize = maxQueueSizeOf(opts);
@@ -158,9 +159,14 @@ export class RngDevice implements VirtioDevice {
 
   queueNotified(index: number): void {
     if (index !== RNG_REQUEST_QUEUE) return;
-    // While throttled the timer resumes the queue; a kick changes nothing.
-    if (this.cancelTimer !== null) return;
-    this.guarded(() => this.process());
+    this.guarded(() => {
+      // While throttled the timer resumes the queue; a kick only shows that requests wait.
+      if (this.cancelTimer === null) this.process();
+      else {
+        const q = this.host?.queue(RNG_REQUEST_QUEUE) ?? null;
+        if (q !== null) this.countThrottled(q);
+      }
+    });
   }
 
   queueDiscard(index: number): void {
@@ -218,6 +224,9 @@ export class RngDevice implements VirtioDevice {
   private process(): void {
     const q = this.host?.queue(RNG_REQUEST_QUEUE) ?? null;
     if (q === null) return;
+    // Requests that came while the budget was spent waited for this turn (with EVENT_IDX they may
+    // have come without a kick).
+    if (this.left <= 0) this.countThrottled(q);
     this.refill();
     const r = this.worker.drain(q, this.chain, this.handle, { budget: BUDGET, more: this.more });
     if (r === 'stopped') this.throttle(q);
@@ -229,16 +238,21 @@ export class RngDevice implements VirtioDevice {
    * empty: no kick was armed (EVENT_IDX), so the driver's next buffer may come without one.
    */
   private throttle(q: SplitQueue): void {
-    if (!this.throttledCounted && q.pending() > 0) {
-      this.throttledCounted = true;
-      this.stats.throttledPeriods++;
-    }
+    this.countThrottled(q);
     if (this.cancelTimer !== null || this.destroyed) return;
     const wait = Math.max(1, Math.ceil(this.periodEnd - this.now()));
     this.cancelTimer = this.setTimer(wait, () => {
       this.cancelTimer = null;
       this.scheduleProcess();
     });
+  }
+
+  /** Counts the current period as throttled once requests wait in it. */
+  private countThrottled(q: SplitQueue): void {
+    if (!this.throttledCounted && q.pending() > 0) {
+      this.throttledCounted = true;
+      this.stats.throttledPeriods++;
+    }
   }
 
   private scheduleProcess(): void {

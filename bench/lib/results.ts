@@ -1,0 +1,111 @@
+/** The shapes of the benchmark's results (bench/results/*.json). */
+import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
+import type { FrameName } from './context.js';
+import type { CpuShares } from './harness.js';
+import type { LatencySummary, PacedResult } from './latency.js';
+import type { ProcMemory } from './proc.js';
+import type { ProfileSummary } from './profile.js';
+
+export type LoadMode = 'flood' | 'closed';
+
+export interface FlowResult {
+  mode: LoadMode;
+  frame: FrameName;
+  batch: number;
+  lateTxAck: boolean;
+  senderQueue: number;
+  receiverQueue: number;
+  seconds: number;
+  acceptedPerS: number;
+  deliveredPerS: number;
+  droppedPerS: number;
+  txNotOkPerS: number;
+  guestSentPerS: number;
+  guestReceivedPerS: number;
+  kicksPerFrame: number;
+  suppressedKicksPerFrame: number;
+  txWakeupsPerS: number;
+  rxWakeupsPerS: number;
+  framesPerRxWakeup: number;
+  cpu: CpuShares;
+  saturated: string;
+  /** Daemon RSS (kB) before the traffic and after it, and frames on the bus in between. */
+  rssBeforeKb: number;
+  rssAfterKb: number;
+  busFramesTotal: number;
+  senderDrained: boolean;
+}
+
+export interface BaselineFlow {
+  mode: LoadMode;
+  frame: FrameName;
+  batch: number;
+  seconds: number;
+  sentPerS: number;
+  deliveredPerS: number;
+  writesPerS: number;
+  cpu: CpuShares;
+  saturated: string;
+}
+
+export interface LatencyResult {
+  path: 'device' | 'baseline';
+  mode: 'one-in-flight' | 'paced';
+  /** Paced: the fraction of the best flood rate of phase 1. */
+  loadFraction?: number;
+  targetRate: number | null;
+  achievedRate: number;
+  summary: LatencySummary;
+  paced?: PacedResult;
+  received?: number;
+  /** Frames sent but never received (device: the receiver's backlog overflowed). */
+  lost: number;
+  cpu: CpuShares;
+}
+
+export interface ScaleResult {
+  guests: number;
+  seconds: number;
+  busFramesPerS: number;
+  acceptedPerS: number;
+  deliveredPerS: number;
+  droppedPerS: number;
+  daemonCpuPercent: number;
+  daemonUsPerDelivered: number | null;
+  daemonUsPerBusFrame: number | null;
+  cpu: CpuShares;
+  saturated: string;
+}
+
+export interface IdleResult {
+  guests: number;
+  seconds: number;
+  daemonCpuSeconds: number;
+  daemonCpuPercent: number;
+  loadCpuPercent: number;
+}
+
+export interface MemoryRow {
+  state: string;
+  memory: ProcMemory;
+  busFrames: number;
+  deliveredFrames: number;
+  /** The daemon's own figures (SIGUSR1 stats): V8 heap in use, bus frame copies ever allocated. */
+  heapUsedKb: number | null;
+  framesAllocated: number;
+}
+
+export interface Results {
+  env: Record<string, unknown>;
+  tp: FlowResult[];
+  baselineTp: BaselineFlow[];
+  rx: FlowResult[];
+  latency: LatencyResult[];
+  scale: ScaleResult[];
+  idle: IdleResult | null;
+  memory: MemoryRow[];
+  profile: (ProfileSummary & { flow: FlowResult }) | null;
+  con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
+  errors: { phase: string; error: string }[];
+  notes: string[];
+}

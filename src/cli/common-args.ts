@@ -24,6 +24,21 @@ export const COMMON_OPTIONS = {
   version: { type: 'boolean', short: 'V' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
+/** The --help lines of the options in COMMON_OPTIONS that every daemon describes the same way. */
+export const COMMON_OPTIONS_HELP = `    --no-event-idx, --no-indirect-desc
+        Do not offer VIRTIO_RING_F_EVENT_IDX / VIRTIO_RING_F_INDIRECT_DESC.
+    -q, --max-queue-size N
+        Largest virtqueue size accepted (power of two, default 1024).
+    --stats-interval SECONDS
+        Log every counter every SECONDS (0 = never; default). SIGUSR1 logs them at any time.
+    --log-level error|warn|info|debug, -v (= debug), --log-format text|json
+        Logging, on stderr.
+    --print-capabilities
+        Print the back-end's capabilities as JSON and exit (vhost-user back-end conventions).
+    -h, --help      This text.
+    -V, --version   The version.
+`;
+
 export type ArgValues = Record<string, string | boolean | string[] | undefined>;
 
 export interface CommonOptions {

@@ -9,6 +9,7 @@ import { MAX_PORT_NAME_BYTES } from '../core/devices/console/console-device.js';
 import {
   type ArgValues,
   COMMON_OPTIONS,
+  COMMON_OPTIONS_HELP,
   type CommonOptions,
   type EarlyResult,
   intOption,
@@ -228,19 +229,7 @@ OPTIONS
     --no-size, --no-multiport, --no-emerg-write
         Do not offer VIRTIO_CONSOLE_F_SIZE, _F_MULTIPORT (then only the console port exists), or
         _F_EMERG_WRITE.
-    --no-event-idx, --no-indirect-desc
-        Do not offer VIRTIO_RING_F_EVENT_IDX / VIRTIO_RING_F_INDIRECT_DESC.
-    -q, --max-queue-size N
-        Largest virtqueue size accepted (power of two, default 1024).
-    --stats-interval SECONDS
-        Log every counter every SECONDS (0 = never; default). SIGUSR1 logs them at any time.
-    --log-level error|warn|info|debug, -v (= debug), --log-format text|json
-        Logging, on stderr.
-    --print-capabilities
-        Print the back-end's capabilities as JSON and exit (vhost-user back-end conventions).
-    -h, --help      This text.
-    -V, --version   The version.
-
+${COMMON_OPTIONS_HELP}
 QEMU
     Start the daemon first, then QEMU (10.2 or newer has vhost-user-test-device-pci):
       qemu-system-x86_64 ... \\

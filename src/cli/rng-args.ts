@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import {
   type ArgValues,
   COMMON_OPTIONS,
+  COMMON_OPTIONS_HELP,
   type CommonOptions,
   type EarlyResult,
   intOption,
@@ -111,19 +112,7 @@ OPTIONS
         Length of a rate-limit period in milliseconds, 1..${MAX_PERIOD_MS}. Default ${DEFAULT_PERIOD_MS}.
     -m, --max-bytes N
         Bytes per period for all guests together. Default: unlimited.
-    --no-event-idx, --no-indirect-desc
-        Do not offer VIRTIO_RING_F_EVENT_IDX / VIRTIO_RING_F_INDIRECT_DESC.
-    -q, --max-queue-size N
-        Largest virtqueue size accepted (power of two, default 1024).
-    --stats-interval SECONDS
-        Log every counter every SECONDS (0 = never; default). SIGUSR1 logs them at any time.
-    --log-level error|warn|info|debug, -v (= debug), --log-format text|json
-        Logging, on stderr.
-    --print-capabilities
-        Print the back-end's capabilities as JSON and exit (vhost-user back-end conventions).
-    -h, --help      This text.
-    -V, --version   The version.
-
+${COMMON_OPTIONS_HELP}
 QEMU
     Start the daemon first, then QEMU (10.2 or newer has vhost-user-test-device-pci; older ones
     have vhost-user-rng-pci, chardev=rng0):

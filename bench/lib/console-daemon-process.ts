@@ -5,14 +5,8 @@
  * from its SIGUSR1 dump (JSON log lines on stderr: a process line, then per guest a guest line and
  * one line per port), CPU time and memory from /proc.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { type BuildInfo, REPO_ROOT } from './build.js';
-import { removeDir, trackChild, trackDir, withTimeout } from './children.js';
-import { type ProcMemory, procCpuSeconds, procMemory } from './proc.js';
+import type { BuildInfo } from './build.js';
+import { DaemonChild } from './daemon-child.js';
 
 /** The per-port line of the console daemon's stats dump (guest by guest, port 0 first). */
 export interface ConsolePortStatsLine {
@@ -50,8 +44,6 @@ export interface ConsoleDaemonStartOptions {
   label: string;
 }
 
-const SETPRIV = '/usr/bin/setpriv';
-
 interface Waiter {
   ports: ConsolePortStatsLine[];
   heapUsedKb: number | null;
@@ -59,87 +51,46 @@ interface Waiter {
   reject(e: Error): void;
 }
 
-export class ConsoleDaemonProcess {
-  readonly dir: string;
-  readonly base: string;
-  readonly child: ChildProcess;
-  readonly label: string;
+export class ConsoleDaemonProcess extends DaemonChild<Waiter, ConsoleDaemonStats> {
   readonly guests: number;
   readonly tcpPort: number;
-  /** Ports per guest: the console and the named ports. */
+  /** Ports per guest: the console plus the named ports. */
   readonly portsPerGuest: number;
-  private readonly tail: string[] = [];
-  private waiter: Waiter | null = null;
-  private readyResolve: (() => void) | null = null;
-  private exited = false;
-  private exitInfo = '';
-  readonly exitedPromise: Promise<void>;
 
   private constructor(opts: ConsoleDaemonStartOptions) {
-    this.label = opts.label;
+    const names = opts.portNames ?? [];
+    super({
+      what: 'console daemon',
+      label: opts.label,
+      startedMsg: 'vhost-device-console started',
+      dirPrefix: 'vdcon-bench-',
+      socketName: 'con.sock',
+      argv: (base) => [
+        ...(opts.nodeFlags ?? []),
+        ...opts.build.consoleArgv,
+        '-s',
+        base,
+        '-c',
+        String(opts.guests),
+        '-b',
+        'network',
+        '-p',
+        String(opts.tcpPort),
+        '--log-format',
+        'json',
+        ...names.flatMap((n) => ['--port-name', n]),
+      ],
+    });
     this.guests = opts.guests;
     this.tcpPort = opts.tcpPort;
-    const names = opts.portNames ?? [];
     this.portsPerGuest = 1 + names.length;
-    this.dir = mkdtempSync(join(tmpdir(), 'vdcon-bench-'));
-    trackDir(this.dir);
-    this.base = join(this.dir, 'con.sock');
-    const argv = [
-      ...(opts.nodeFlags ?? []),
-      ...opts.build.consoleArgv,
-      '-s',
-      this.base,
-      '-c',
-      String(opts.guests),
-      '-b',
-      'network',
-      '-p',
-      String(opts.tcpPort),
-      '--log-format',
-      'json',
-      ...names.flatMap((n) => ['--port-name', n]),
-    ];
-    const [cmd, ...args] = existsSync(SETPRIV)
-      ? [SETPRIV, '--pdeathsig', 'KILL', '--', process.execPath, ...argv]
-      : [process.execPath, ...argv];
-    this.child = spawn(cmd!, args, { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
-    trackChild(this.child);
-    this.exitedPromise = new Promise<void>((r) => {
-      this.child.once('exit', (code, sig) => {
-        this.exited = true;
-        this.exitInfo = `${code ?? sig}`;
-        this.waiter?.reject(new Error(`console daemon ${this.label} exited (${this.exitInfo})`));
-        this.waiter = null;
-        r();
-      });
-    });
-    createInterface({ input: this.child.stderr! }).on('line', (line) => this.onLine(line));
   }
 
   /** Spawns the daemon and waits until it listens (its TCP ports too). */
   static async start(opts: ConsoleDaemonStartOptions): Promise<ConsoleDaemonProcess> {
     const d = new ConsoleDaemonProcess(opts);
-    const ready = new Promise<void>((resolve, reject) => {
-      d.readyResolve = resolve;
-      d.exitedPromise.then(() =>
-        reject(new Error(`console daemon exited at start-up (${d.exitInfo}): ${d.lastLines()}`)),
-      );
-    });
-    try {
-      await withTimeout(ready, 20_000, `console daemon ${opts.label} start`);
-    } catch (err) {
-      await d.stop();
-      throw err;
-    }
+    await d.ready();
     return d;
-  }
-
-  get pid(): number {
-    return this.child.pid ?? -1;
-  }
-
-  path(i: number): string {
-    return `${this.base}${i}`;
   }
 
   /** TCP port of guest `guest`'s port `port` (0: the console, j: the j-th --port-name). */
@@ -153,26 +104,7 @@ export class ConsoleDaemonProcess {
     return s?.ports[guest * this.portsPerGuest + port];
   }
 
-  lastLines(): string {
-    return this.tail.slice(-8).join('\n');
-  }
-
-  private onLine(line: string): void {
-    this.tail.push(line);
-    if (this.tail.length > 50) this.tail.shift();
-    let o: Record<string, unknown>;
-    try {
-      o = JSON.parse(line) as Record<string, unknown>;
-    } catch {
-      return;
-    }
-    if (o.msg === 'vhost-device-console started') {
-      this.readyResolve?.();
-      this.readyResolve = null;
-      return;
-    }
-    const w = this.waiter;
-    if (o.msg !== 'stats' || w === null) return;
+  protected onStatsLine(w: Waiter, o: Record<string, unknown>): void {
     if (typeof o.process === 'number') {
       w.heapUsedKb = Number(o.heapUsedKb);
     } else if (typeof o.port === 'string') {
@@ -201,34 +133,6 @@ export class ConsoleDaemonProcess {
 
   /** The daemon's counters, through SIGUSR1 (one dump at a time). */
   stats(timeoutMs = 10_000): Promise<ConsoleDaemonStats> {
-    if (this.exited) return Promise.reject(new Error(`console daemon ${this.label} is not running`));
-    if (this.waiter !== null) return Promise.reject(new Error('stats() already in progress'));
-    const p = new Promise<ConsoleDaemonStats>((resolve, reject) => {
-      this.waiter = { ports: [], heapUsedKb: null, resolve, reject };
-    });
-    this.child.kill('SIGUSR1');
-    return withTimeout(p, timeoutMs, `console daemon ${this.label} SIGUSR1 stats`).catch((err: unknown) => {
-      this.waiter = null;
-      throw new Error(`${(err as Error).message}; last log line: ${(this.tail.at(-1) ?? '').slice(0, 300)}`);
-    });
-  }
-
-  cpuSeconds(): number {
-    return procCpuSeconds(this.pid);
-  }
-
-  memory(): ProcMemory {
-    return procMemory(this.pid);
-  }
-
-  /** SIGTERM (the daemon removes its sockets and exits 0); SIGKILL after `graceMs`. */
-  async stop(graceMs = 10_000): Promise<void> {
-    if (!this.exited) {
-      this.child.kill('SIGTERM');
-      const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
-      await this.exitedPromise;
-      clearTimeout(t);
-    }
-    removeDir(this.dir);
+    return this.dump((resolve, reject) => ({ ports: [], heapUsedKb: null, resolve, reject }), timeoutMs);
   }
 }

@@ -3,18 +3,10 @@
  * A drop-in for rust-vmm's CLI (--socket-path/-s, --socket-count/-c, --can-devices/-d), plus our
  * own options. Every bad input yields a message naming the option and what is expected.
  */
-import { parseArgs } from 'node:util';
 import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import type { BusSpec } from '../node/can/can-daemon.js';
-import {
-  type ArgValues,
-  COMMON_OPTIONS,
-  type CommonOptions,
-  type EarlyResult,
-  intOption,
-  parseCommon,
-} from './common-args.js';
+import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -64,29 +56,21 @@ function bytesOption(v: string | undefined, name: string, max: number, dflt: num
 }
 
 export function parseCanArgs(argv: readonly string[]): CanCliResult {
-  let values: ArgValues;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        'can-devices': { type: 'string', short: 'd' },
-        'no-can-classic': { type: 'boolean' },
-        'no-can-fd': { type: 'boolean' },
-        'no-rtr': { type: 'boolean' },
-        'no-late-tx-ack': { type: 'boolean' },
-        'rx-backlog': { type: 'string' },
-        'socketcan-rcvbuf': { type: 'string' },
-      },
-    }));
-  } catch (err) {
-    return { kind: 'error', message: (err as Error).message };
-  }
-  const common = parseCommon(values, positionals, MAX_SOCKET_COUNT);
+  const common = parseDaemonArgs(
+    argv,
+    {
+      'can-devices': { type: 'string', short: 'd' },
+      'no-can-classic': { type: 'boolean' },
+      'no-can-fd': { type: 'boolean' },
+      'no-rtr': { type: 'boolean' },
+      'no-late-tx-ack': { type: 'boolean' },
+      'rx-backlog': { type: 'string' },
+      'socketcan-rcvbuf': { type: 'string' },
+    },
+    MAX_SOCKET_COUNT,
+  );
   if (common.kind !== 'common') return common;
+  const values = common.values;
   const count = common.options.socketCount;
 
   let buses: BusSpec[];

@@ -4,7 +4,7 @@
  * options, logging and statistics. Each daemon's parser adds its own options to these and calls
  * `parseCommon` first; the messages name the option and what is expected.
  */
-import type { ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { isLogLevel, type LogLevel } from '../node/log.js';
 
 /** Options of every daemon (for parseArgs). */
@@ -146,6 +146,31 @@ export function parseCommon(
       statsInterval,
     },
   };
+}
+
+/**
+ * Parses `argv` with the common options plus the daemon's `own`, then the common ones: an early
+ * result (help, version, capabilities, error), or every value and the parsed common options.
+ */
+export function parseDaemonArgs(
+  argv: readonly string[],
+  own: NonNullable<ParseArgsConfig['options']>,
+  maxSockets: number,
+): EarlyResult | { kind: 'common'; options: CommonOptions; values: ArgValues } {
+  let values: ArgValues;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: true,
+      options: { ...COMMON_OPTIONS, ...own },
+    }));
+  } catch (err) {
+    return { kind: 'error', message: (err as Error).message };
+  }
+  const common = parseCommon(values, positionals, maxSockets);
+  return common.kind === 'common' ? { ...common, values } : common;
 }
 
 export function socketPaths(base: string, count: number): string[] {

@@ -4,16 +4,13 @@
  * --backend/-b, --max-queue-size/-q, same meanings), plus our own options. Every bad input
  * yields a message naming the option and what is expected.
  */
-import { parseArgs } from 'node:util';
 import { MAX_PORT_NAME_BYTES } from '../core/devices/console/console-device.js';
 import {
-  type ArgValues,
-  COMMON_OPTIONS,
   COMMON_OPTIONS_HELP,
   type CommonOptions,
   type EarlyResult,
   intOption,
-  parseCommon,
+  parseDaemonArgs,
 } from './common-args.js';
 
 export type ConsoleBackendName = 'nested' | 'network' | 'unix';
@@ -41,35 +38,27 @@ export const DEFAULT_TCP_PORT = 12345;
 const PORT_NAME = /^[A-Za-z0-9_.:-]+$/;
 
 export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
-  let values: ArgValues;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        backend: { type: 'string', short: 'b' },
-        'tcp-port': { type: 'string', short: 'p' },
-        'tcp-host': { type: 'string' },
-        'uds-path': { type: 'string' },
-        'port-name': { type: 'string', multiple: true },
-        scrollback: { type: 'string' },
-        'log-file': { type: 'string' },
-        'no-size': { type: 'boolean' },
-        'no-multiport': { type: 'boolean' },
-        'no-emerg-write': { type: 'boolean' },
-        'legacy-resize-order': { type: 'boolean' },
-        cols: { type: 'string' },
-        rows: { type: 'string' },
-      },
-    }));
-  } catch (err) {
-    return { kind: 'error', message: (err as Error).message };
-  }
-  const common = parseCommon(values, positionals, MAX_CONSOLE_SOCKETS);
+  const common = parseDaemonArgs(
+    argv,
+    {
+      backend: { type: 'string', short: 'b' },
+      'tcp-port': { type: 'string', short: 'p' },
+      'tcp-host': { type: 'string' },
+      'uds-path': { type: 'string' },
+      'port-name': { type: 'string', multiple: true },
+      scrollback: { type: 'string' },
+      'log-file': { type: 'string' },
+      'no-size': { type: 'boolean' },
+      'no-multiport': { type: 'boolean' },
+      'no-emerg-write': { type: 'boolean' },
+      'legacy-resize-order': { type: 'boolean' },
+      cols: { type: 'string' },
+      rows: { type: 'string' },
+    },
+    MAX_CONSOLE_SOCKETS,
+  );
   if (common.kind !== 'common') return common;
+  const values = common.values;
   const count = common.options.socketCount;
 
   const backend = ((values.backend as string | undefined) ?? 'nested') as ConsoleBackendName;

@@ -4,15 +4,12 @@
  * --filename/-f, same meanings), plus the options every daemon of this project has. Every bad
  * input yields a message naming the option and what is expected.
  */
-import { parseArgs } from 'node:util';
 import {
-  type ArgValues,
-  COMMON_OPTIONS,
   COMMON_OPTIONS_HELP,
   type CommonOptions,
   type EarlyResult,
   intOption,
-  parseCommon,
+  parseDaemonArgs,
 } from './common-args.js';
 
 export interface RngCliOptions extends CommonOptions {
@@ -32,25 +29,17 @@ export const DEFAULT_PERIOD_MS = 1000;
 export const MAX_PERIOD_MS = 2 ** 31 - 1;
 
 export function parseRngArgs(argv: readonly string[]): RngCliResult {
-  let values: ArgValues;
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: true,
-      options: {
-        ...COMMON_OPTIONS,
-        period: { type: 'string', short: 'p' },
-        'max-bytes': { type: 'string', short: 'm' },
-        filename: { type: 'string', short: 'f' },
-      },
-    }));
-  } catch (err) {
-    return { kind: 'error', message: (err as Error).message };
-  }
-  const common = parseCommon(values, positionals, MAX_RNG_SOCKETS);
+  const common = parseDaemonArgs(
+    argv,
+    {
+      period: { type: 'string', short: 'p' },
+      'max-bytes': { type: 'string', short: 'm' },
+      filename: { type: 'string', short: 'f' },
+    },
+    MAX_RNG_SOCKETS,
+  );
   if (common.kind !== 'common') return common;
+  const values = common.values;
   const count = common.options.socketCount;
   const period = intOption(
     values.period as string | undefined,

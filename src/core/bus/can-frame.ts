@@ -38,6 +38,26 @@ export interface CanFrame {
 }
 
 /** Input of `makeCanFrame`; everything but `id` has a default. */
+/** A CanFrame whose fields a producer rewrites for every frame (the hub copies frames it keeps). */
+export type MutableCanFrame = { -readonly [K in keyof CanFrame]: CanFrame[K] };
+
+/** A reusable scratch frame for a producer that decodes many frames into one object. */
+export function scratchCanFrame(): MutableCanFrame {
+  return {
+    id: 0,
+    extended: false,
+    rtr: false,
+    fd: false,
+    brs: false,
+    esi: false,
+    len: 0,
+    len8Dlc: 0,
+    data: new Uint8Array(0),
+    timestampNs: 0n,
+    origin: 0,
+  };
+}
+
 export interface CanFrameInit {
   readonly id: number;
   /** Default false: an identifier above 0x7FF without `extended` is an error, not silently promoted. */

@@ -56,6 +56,15 @@ export interface RingOptions {
   maxQueueSize?: number;
 }
 
+/** Just the ring options of a larger options object (to hand a daemon's options to its device). */
+export function ringOptionsOf(opts: RingOptions): RingOptions {
+  const r: { -readonly [K in keyof RingOptions]: RingOptions[K] } = {};
+  if (opts.eventIdx !== undefined) r.eventIdx = opts.eventIdx;
+  if (opts.indirectDesc !== undefined) r.indirectDesc = opts.indirectDesc;
+  if (opts.maxQueueSize !== undefined) r.maxQueueSize = opts.maxQueueSize;
+  return r;
+}
+
 /** VERSION_1 plus the ring features `opts` asks for: the device-independent part of `features`. */
 export function ringFeatures(opts: RingOptions): bigint {
   let f = featureBit(VirtioFeature.VERSION_1);

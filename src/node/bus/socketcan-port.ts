@@ -17,7 +17,7 @@
  *   guests' transmits fail NOT_OK while it is gone, and the socket is reopened when it comes back.
  * Readiness comes from the fd watcher: no spinning, no CPU while idle.
  */
-import { type CanFrame, canFdDlcToLen, canFdLenToDlc } from '../../core/bus/can-frame.js';
+import { type CanFrame, canFdDlcToLen, canFdLenToDlc, scratchCanFrame } from '../../core/bus/can-frame.js';
 import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/hub.js';
 import { RingQueue } from '../../core/bus/ring-queue.js';
 import type { Logger } from '../../core/util/log.js';
@@ -231,19 +231,7 @@ export class SocketCanPort implements BusPortHandler {
   private readonly rxDv = new DataView(this.rxBuf.buffer);
   private readonly meta = new Uint32Array(2);
   /** The frame every received record is decoded into (the hub copies it on transmit). */
-  private readonly rxFrame: MutableCanFrame = {
-    id: 0,
-    extended: false,
-    rtr: false,
-    fd: false,
-    brs: false,
-    esi: false,
-    len: 0,
-    len8Dlc: 0,
-    data: EMPTY,
-    timestampNs: 0n,
-    origin: 0,
-  };
+  private readonly rxFrame = scratchCanFrame();
   /** Scratch payloads by length 0..64 (the hub requires data.length === len). */
   private readonly rxData: Uint8Array[] = Array.from({ length: 65 }, (_, n) => new Uint8Array(n));
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -642,6 +630,3 @@ export class SocketCanPort implements BusPortHandler {
 }
 
 const EMPTY: Uint8Array = new Uint8Array(0);
-
-/** The RX scratch frame: a CanFrame rewritten for every record. */
-type MutableCanFrame = { -readonly [K in keyof CanFrame]: CanFrame[K] };

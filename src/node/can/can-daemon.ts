@@ -4,13 +4,13 @@
  */
 import { type CanHub, HubRegistry } from '../../core/bus/hub.js';
 import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-device.js';
-import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
+import { ringOptionsOf } from '../../core/virtio/features.js';
 import { SocketCanPort } from '../bus/socketcan-port.js';
 import { batchClock } from '../clock.js';
 import { CodedError } from '../errors.js';
-import { native as defaultNative, type NativeAddon } from '../native/addon.js';
-import { VhostUserDaemon } from '../vhost-user/daemon.js';
+import { native as defaultNative } from '../native/addon.js';
+import { type DaemonCommonOptions, VhostUserDaemon } from '../vhost-user/daemon.js';
 
 /** Where one guest's CAN traffic goes. */
 export type BusSpec =
@@ -20,17 +20,10 @@ export type BusSpec =
 
 export const DEFAULT_VIRTUAL_BUS = 'default';
 
-export interface CanDaemonOptions {
-  /** Socket paths, one per guest (the CLI derives them as PATH0..PATH{N-1}). */
-  paths: readonly string[];
-  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
-  listenFds?: readonly number[];
+export interface CanDaemonOptions extends DaemonCommonOptions {
   /** One entry per path; default: every guest on the shared in-process bus "default". */
   buses?: readonly BusSpec[];
   features?: Partial<CanFeatureSwitches>;
-  eventIdx?: boolean;
-  indirectDesc?: boolean;
-  maxQueueSize?: number;
   rxBacklog?: number;
   /**
    * Receive buffer of each host SocketCAN socket in bytes (default DEFAULT_SOCKETCAN_RCVBUF;
@@ -39,9 +32,6 @@ export interface CanDaemonOptions {
   socketcanRcvbuf?: number;
   /** Existing buses to use (and share with the caller); created on demand otherwise. */
   hubs?: HubRegistry;
-  log?: Logger;
-  native?: NativeAddon;
-  protocolFeatures?: bigint;
 }
 
 export type CanDaemonErrorCode = 'ERR_BUS_COUNT';
@@ -120,9 +110,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
         hub: hubOf(index),
         portName: `guest${index}`,
         ...(featuresOf(index) === undefined ? {} : { features: featuresOf(index)! }),
-        ...(opts.eventIdx === undefined ? {} : { eventIdx: opts.eventIdx }),
-        ...(opts.indirectDesc === undefined ? {} : { indirectDesc: opts.indirectDesc }),
-        ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
+        ...ringOptionsOf(opts),
         ...(opts.rxBacklog === undefined ? {} : { rxBacklog: opts.rxBacklog }),
         log: devLog,
       });

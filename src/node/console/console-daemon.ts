@@ -18,11 +18,11 @@ import {
   type ConsoleFeatureSwitches,
   type ConsoleHandler,
 } from '../../core/devices/console/console-device.js';
-import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
+import { ringOptionsOf } from '../../core/virtio/features.js';
 import { CodedError } from '../errors.js';
-import { native as defaultNative, type NativeAddon } from '../native/addon.js';
-import { VhostUserDaemon } from '../vhost-user/daemon.js';
+import { native as defaultNative } from '../native/addon.js';
+import { type DaemonCommonOptions, VhostUserDaemon } from '../vhost-user/daemon.js';
 import { describeAddress, type ListenAddress, PortListener } from './listeners.js';
 import { NestedTerminal, type TerminalIo } from './nested-terminal.js';
 import { ConsolePortEndpoint, type PortEndpointStats } from './port-endpoint.js';
@@ -34,11 +34,7 @@ export type ConsoleBackend =
   /** No client side (library use: reach the endpoints directly). */
   | { kind: 'none' };
 
-export interface ConsoleDaemonOptions {
-  /** vhost-user socket paths, one per guest. */
-  paths: readonly string[];
-  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
-  listenFds?: readonly number[];
+export interface ConsoleDaemonOptions extends DaemonCommonOptions {
   backend: ConsoleBackend;
   /** Named ports besides the console, the same for every guest. */
   portNames?: readonly string[];
@@ -51,12 +47,6 @@ export interface ConsoleDaemonOptions {
   cols?: number;
   rows?: number;
   legacyResizeOrder?: boolean;
-  eventIdx?: boolean;
-  indirectDesc?: boolean;
-  maxQueueSize?: number;
-  log?: Logger;
-  native?: NativeAddon;
-  protocolFeatures?: bigint;
 }
 
 export type ConsoleDaemonErrorCode = 'ERR_NESTED';
@@ -212,9 +202,7 @@ export async function startConsoleDaemon(opts: ConsoleDaemonOptions): Promise<Co
           cols: size.cols,
           rows: size.rows,
           legacyResizeOrder: opts.legacyResizeOrder ?? false,
-          eventIdx: opts.eventIdx ?? true,
-          indirectDesc: opts.indirectDesc ?? true,
-          ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
+          ...ringOptionsOf(opts),
           log: devLog,
         });
         devices[index] = dev;

@@ -7,39 +7,26 @@ import { randomFillSync } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { type EntropySource, RngDevice } from '../../core/devices/rng/rng-device.js';
-import type { Logger } from '../../core/util/log.js';
 import { nullLogger } from '../../core/util/log.js';
-import { native as defaultNative, type NativeAddon } from '../native/addon.js';
-import { VhostUserDaemon } from '../vhost-user/daemon.js';
+import { ringOptionsOf } from '../../core/virtio/features.js';
+import { CodedError } from '../errors.js';
+import { native as defaultNative } from '../native/addon.js';
+import { type DaemonCommonOptions, VhostUserDaemon } from '../vhost-user/daemon.js';
 
 export const DEFAULT_RNG_SOURCE = '/dev/urandom';
 
-export interface RngDaemonOptions {
-  /** Socket paths, one per guest (the CLI derives them as PATH0..PATH{N-1}). */
-  paths: readonly string[];
-  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
-  listenFds?: readonly number[];
+export interface RngDaemonOptions extends DaemonCommonOptions {
   /** Entropy source file (default /dev/urandom, served by the kernel CSPRNG via getrandom). */
   filename?: string;
   /** Bytes per period for all guests together, split equally between them (default: unlimited). */
   maxBytes?: number;
   periodMs?: number;
-  eventIdx?: boolean;
-  indirectDesc?: boolean;
-  maxQueueSize?: number;
-  log?: Logger;
-  native?: NativeAddon;
-  protocolFeatures?: bigint;
 }
 
-export class RngDaemonError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'RngDaemonError';
-    this.code = code;
-  }
-}
+/** ERR_MAX_BYTES for a bad rate; an errno name (ENOENT, EACCES, EISDIR, ...) for a bad source file. */
+export type RngDaemonErrorCode = 'ERR_MAX_BYTES' | `E${string}`;
+
+export class RngDaemonError extends CodedError<RngDaemonErrorCode> {}
 
 export interface RngDaemon {
   readonly daemon: VhostUserDaemon;
@@ -70,7 +57,7 @@ export function openEntropySource(filename: string): { source: EntropySource; cl
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new RngDaemonError(
-      e.code ?? 'ERR_SOURCE',
+      (e.code as `E${string}` | undefined) ?? 'EIO',
       `cannot open the entropy source ${filename}: ${e.message}`,
     );
   }
@@ -126,9 +113,7 @@ export function startRngDaemon(opts: RngDaemonOptions): RngDaemon {
         ...(opts.periodMs === undefined ? {} : { periodMs: opts.periodMs }),
         now: () => performance.now(),
         setTimer,
-        ...(opts.eventIdx === undefined ? {} : { eventIdx: opts.eventIdx }),
-        ...(opts.indirectDesc === undefined ? {} : { indirectDesc: opts.indirectDesc }),
-        ...(opts.maxQueueSize === undefined ? {} : { maxQueueSize: opts.maxQueueSize }),
+        ...ringOptionsOf(opts),
         log: devLog,
       });
       devices[index] = dev;

@@ -9,9 +9,22 @@
 import { fstatSync, lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from '../../core/util/log.js';
 import type { VirtioDevice } from '../../core/vhost-user/device.js';
+import type { RingOptions } from '../../core/virtio/features.js';
 import { CodedError } from '../errors.js';
 import type { NativeAddon, NativeWatcher } from '../native/addon.js';
 import { VhostUserConnection } from './connection.js';
+
+/** What every daemon composition (CAN, console, rng) takes besides its own options. */
+export interface DaemonCommonOptions extends RingOptions {
+  /** Socket paths, one per guest (the CLIs derive them as PATH0..PATH{N-1}). */
+  paths: readonly string[];
+  /** Already-listening vhost-user sockets (`--fd`), guests after those of `paths`. */
+  listenFds?: readonly number[];
+  log?: Logger;
+  native?: NativeAddon;
+  /** Restricts the protocol features offered (tests). */
+  protocolFeatures?: bigint;
+}
 
 export interface DaemonOptions {
   native: NativeAddon;

@@ -15,7 +15,7 @@
  * - RX processing triggered by the bus is deferred with the host's `schedule` so that a burst of
  *   frames from another guest's batch costs one pass over our RX ring and one interrupt.
  */
-import type { CanFrame } from '../../bus/can-frame.js';
+import { scratchCanFrame } from '../../bus/can-frame.js';
 import type { BusPortHandler, BusState, CanHub, HubPort, PortAcceptPolicy } from '../../bus/hub.js';
 import { deviceFailure } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
@@ -163,19 +163,7 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private readonly txHdr: TxHeader = { flags: 0, id: 0, len: 0, len8Dlc: 0 };
   /** Views of hdrBytes' payload by length, made on first use (at most 65). */
   private readonly payloadViews: Uint8Array[] = [];
-  private readonly txFrame: MutableCanFrame = {
-    id: 0,
-    extended: false,
-    rtr: false,
-    fd: false,
-    brs: false,
-    esi: false,
-    len: 0,
-    len8Dlc: 0,
-    data: EMPTY,
-    timestampNs: 0n,
-    origin: 0,
-  };
+  private readonly txFrame = scratchCanFrame();
 
   // TX completion FIFO, in submission order. Entry i: head, result address, result (PENDING until
   // known). Tokens are consecutive, so token t lives at position t - fifoToken from the FIFO start.
@@ -713,6 +701,3 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
 }
 
 const EMPTY = new Uint8Array(0);
-
-/** The TX scratch frame: a CanFrame the device rewrites for every request. */
-type MutableCanFrame = { -readonly [K in keyof CanFrame]: CanFrame[K] };

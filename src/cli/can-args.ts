@@ -4,8 +4,10 @@
  * own options. Every bad input yields a message naming the option and what is expected.
  */
 import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
+import { builtinPorts, PORT_KIND_OPTIONS } from '../node/bus/builtin-ports.js';
+import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-registry.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
-import type { BusSpec } from '../node/can/can-daemon.js';
+import { type BusSpec, busesOf } from '../node/can/can-daemon.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 
 export { socketPaths } from './common-args.js';
@@ -19,6 +21,10 @@ export interface CanCliOptions extends CommonOptions {
   rxBacklog: number;
   /** Receive buffer of each host SocketCAN socket, bytes; 0 = the kernel's default. */
   socketcanRcvbuf: number;
+  /** --link, --capture, --replay, in command-line order per kind (links, then captures, then replays). */
+  ports: BusPortRequest[];
+  /** Values of the port kinds' shared options (PORT_KIND_OPTIONS), by option name. */
+  portOptions: Record<string, string | boolean | undefined>;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -27,6 +33,21 @@ export const MAX_SOCKET_COUNT = 64;
 
 const IFNAME = /^[A-Za-z0-9_.:-]{1,15}$/;
 const BUSNAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+const PORT_KINDS: readonly PortKind[] = ['link', 'capture', 'replay'];
+
+/** Parses one `BUS=VALUE` of --link/--capture/--replay. */
+export function parsePortRequest(kind: PortKind, entry: string): BusPortRequest | string {
+  const eq = entry.indexOf('=');
+  if (eq < 0) return `--${kind} expects BUS=${kind === 'link' ? 'URL' : 'FILE'}, got "${entry}"`;
+  const bus = entry.slice(0, eq);
+  const value = entry.slice(eq + 1);
+  if (!BUSNAME.test(bus)) {
+    return `--${kind} ${entry}: bad bus name "${bus}" (default, a virtual bus's NAME or an interface name)`;
+  }
+  if (value === '') return `--${kind} ${entry}: nothing after "="`;
+  return { kind, bus, value };
+}
 
 /** Parses one --can-devices entry. */
 export function parseBusEntry(entry: string): BusSpec | string {
@@ -55,10 +76,16 @@ function bytesOption(v: string | undefined, name: string, max: number, dflt: num
   return n;
 }
 
-export function parseCanArgs(argv: readonly string[]): CanCliResult {
+export function parseCanArgs(argv: readonly string[], registry: PortRegistry = builtinPorts): CanCliResult {
+  const kindOptions: Record<string, { type: 'string' | 'boolean' }> = {};
+  for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) kindOptions[name] = { type: o.type };
   const common = parseDaemonArgs(
     argv,
     {
+      ...kindOptions,
+      link: { type: 'string', multiple: true },
+      capture: { type: 'string', multiple: true },
+      replay: { type: 'string', multiple: true },
       'can-devices': { type: 'string', short: 'd' },
       'no-can-classic': { type: 'boolean' },
       'no-can-fd': { type: 'boolean' },
@@ -93,6 +120,30 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
       if (typeof b === 'string') return { kind: 'error', message: `--can-devices: ${b}` };
       buses.push(b);
     }
+  }
+
+  const ports: BusPortRequest[] = [];
+  for (const kind of PORT_KINDS) {
+    for (const entry of (values[kind] as string[] | undefined) ?? []) {
+      const r = parsePortRequest(kind, entry);
+      if (typeof r === 'string') return { kind: 'error', message: r };
+      const resolved = registry.resolve(r);
+      if (typeof resolved === 'string') return { kind: 'error', message: resolved };
+      ports.push(r);
+    }
+  }
+  const named = busesOf(
+    buses,
+    ports.map((p) => p.bus),
+  );
+  if (typeof named === 'string') return { kind: 'error', message: named };
+  const portOptions: Record<string, string | boolean | undefined> = {};
+  for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) {
+    const v = values[name] as string | boolean | undefined;
+    if (v === undefined) continue;
+    const bad = o.check?.(v);
+    if (bad !== undefined) return { kind: 'error', message: `--${name}: ${bad}` };
+    portOptions[name] = v;
   }
 
   const features: CanFeatureSwitches = {
@@ -133,8 +184,33 @@ export function parseCanArgs(argv: readonly string[]): CanCliResult {
       features,
       rxBacklog: backlog,
       socketcanRcvbuf: rcvbuf,
+      ports,
+      portOptions,
     },
   };
+}
+
+/** The help of the registered port kinds and their options, generated from the registry. */
+export function portKindsHelp(registry: PortRegistry = builtinPorts): string {
+  const out: string[] = [];
+  const heads: Record<PortKind, string> = {
+    link: '--link BUS=URL  (repeatable)\n        Joins BUS to another CAN network. URL schemes:',
+    capture:
+      '--capture BUS=FILE  (repeatable, several files per bus allowed)\n        Records BUS; the format follows the extension:',
+    replay:
+      '--replay BUS=FILE  (repeatable)\n        Plays a recording into BUS; the format follows the extension:',
+  };
+  for (const kind of PORT_KINDS) {
+    const fs = registry.factories(kind);
+    if (fs.length === 0) continue;
+    out.push(`    ${heads[kind]}`);
+    for (const f of fs) out.push(f.help.replace(/\n+$/, ''));
+  }
+  for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) {
+    out.push(`    --${name}${o.type === 'string' ? ' VALUE' : ''}`);
+    out.push(o.help.replace(/\n+$/, ''));
+  }
+  return out.length === 0 ? '' : `${out.join('\n')}\n`;
 }
 
 export const CAN_HELP = `NAME
@@ -152,6 +228,12 @@ DESCRIPTION
     never receives its own frames back (the driver echoes locally).
 
     Without --can-devices every guest joins one in-process virtual bus: no kernel modules, no root.
+
+BUS NAMES
+    Every option that names a bus (--link, --capture, --replay, socketcand's "open") uses one
+    name per bus: "default" for the default virtual bus, NAME for virtual:NAME, the interface
+    name (vcan0, can0) for a host interface. A virtual bus named like a host interface in use is
+    an error. A bus that only such options name (no guest on it) is a virtual bus.
 
 OPTIONS
     -s, --socket-path PATH
@@ -190,7 +272,7 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-    --stats-interval SECONDS
+${portKindsHelp()}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

@@ -18,9 +18,9 @@ export function formatStats(can: CanDaemon): LogFields[] {
     if (d !== null) Object.assign(f, d.statsFields());
     out.push(f);
   });
-  // Host interfaces: what was read from the kernel and what the kernel dropped before we read it.
-  for (const [ifname, port] of can.hostPorts) {
-    out.push({ host: ifname, link: port.linkState, ...port.stats });
+  // Host interfaces, links, captures, replays: each its state and counters.
+  for (const a of can.attachments) {
+    out.push({ [a.kind]: a.name, bus: a.bus, ...a.stats() });
   }
   for (const name of can.hubs.names()) {
     const b = can.hubs.get(name).stats();
@@ -29,6 +29,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
       frames: b.frames,
       bytes: b.bytes,
       droppedOverflow: b.droppedOverflow,
+      errorFrames: b.errorFrames,
       busLoad: b.busLoad.toFixed(4),
       ports: b.ports.length,
       // Frame copies the bus ever allocated: stops growing once the bus is warm (they are reused).

@@ -3,7 +3,7 @@
  * vhost-device-can: composition root. Parses the command line, wires the daemon (run-daemon.ts
  * handles the rest: help, exit codes, statistics, signals).
  */
-import { startCanDaemon } from '../node/can/can-daemon.js';
+import { busName, startCanDaemon } from '../node/can/can-daemon.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
 import { main } from './run-daemon.js';
@@ -24,14 +24,14 @@ main<CanCliOptions>({
       maxQueueSize: o.maxQueueSize,
       rxBacklog: o.rxBacklog,
       socketcanRcvbuf: o.socketcanRcvbuf,
+      ports: o.ports,
+      portOptions: o.portOptions,
       log,
     });
     return { stats: () => formatStats(can), stop: () => can.stop() };
   },
   describe: (o) => ({
     sockets: o.socketCount,
-    buses: [...new Set(o.buses.map((b) => (b.kind === 'virtual' ? `virtual:${b.name}` : b.ifname)))].join(
-      ' ',
-    ),
+    buses: [...new Set([...o.buses.map(busName), ...o.ports.map((p) => p.bus)])].join(' '),
   }),
 });

@@ -168,7 +168,11 @@ class AsyncPort {
       this.handler = h;
       return this.port as unknown as HubPort;
     },
+    injectBusState: (_port: number, state: string) => {
+      this.injected.push(state);
+    },
   } as unknown as CanHub;
+  readonly injected: string[] = [];
 }
 
 function setup(opts: Partial<CanDeviceOptions> = {}, features = ALL) {

@@ -30,6 +30,7 @@
  * arrays (attach and detach are rare) so fan-out iterates a stable snapshot without copying.
  */
 import { BusLoadMeter } from './bus-load.js';
+import { type CanErrorFrame, stateErrorFrame } from './can-error.js';
 import { type CanFrame, canFrameBits, canFrameDataPhaseBits, validateCanFrame } from './can-frame.js';
 import { CanHubError } from './errors.js';
 import { FramePool, type FramePoolStats, PooledFrame } from './frame-pool.js';
@@ -60,6 +61,12 @@ export interface BusPortHandler {
   onBusState?(state: BusState): void;
   /** Asynchronous transmit completion (reserved for host interfaces; the virtual hub completes synchronously). */
   onTxComplete?(token: number, ok: boolean): void;
+  /**
+   * An error event on the bus (SocketCAN error frame), for ports attached with `errorFrames: true`:
+   * controller state changes of any port (`injectBusState`) and whatever `CanHub.emitErrorFrame`
+   * reports. Called synchronously; the frame is shared and immutable.
+   */
+  onErrorFrame?(frame: CanErrorFrame): void;
 }
 
 /**
@@ -174,6 +181,8 @@ export interface AttachOptions {
    * (the default) frames taken from this port stay valid for as long as the owner keeps them.
    */
   readonly releasesFrames?: boolean | undefined;
+  /** Deliver error events to `onErrorFrame` (observers: captures, monitors, network peers). */
+  readonly errorFrames?: boolean | undefined;
 }
 
 export interface CanHubOptions {
@@ -210,6 +219,8 @@ export interface BusStats {
   readonly bits: number;
   /** Receive-queue overflows over all ports, including ports detached since. */
   readonly droppedOverflow: number;
+  /** Error events reported to observers (`emitErrorFrame`, controller state changes). */
+  readonly errorFrames: number;
   /** Attached ports, in attach order, with a copy of their counters. */
   readonly ports: readonly PortStatsSnapshot[];
   /** Sliding 1 s window estimate, 0..1 (see bus-load.ts for the approximation). */
@@ -304,6 +315,7 @@ class Port implements HubPort {
   notifyPending = false;
   confirmsTransmit = false;
   releasesFrames = false;
+  wantsErrorFrames = false;
   /** Frames taken from a releasing port and not released yet (guards against stray releases). */
   outstanding = 0;
 
@@ -415,6 +427,7 @@ class BusEngine {
   bytes = 0;
   bits = 0;
   droppedOverflow = 0;
+  errorFrames = 0;
   readonly load = new BusLoadMeter();
   /** Attached ports with confirmsTransmit. */
   confirmingPorts = 0;
@@ -464,6 +477,7 @@ class BusEngine {
       this.confirmingPorts++;
     }
     if (opts.releasesFrames === true) port.releasesFrames = true;
+    if (opts.errorFrames === true) port.wantsErrorFrames = true;
     this.ports = Object.freeze([...this.ports, port]);
     this.sizePool();
     return port;
@@ -738,6 +752,7 @@ export class CanHub {
       bytes: e.bytes,
       bits: e.bits,
       droppedOverflow: e.droppedOverflow,
+      errorFrames: e.errorFrames,
       ports: e.ports.map((p) => ({ id: p.id, name: p.name, stats: { ...p.stats } })),
       busLoad: e.load.load(e.clock()),
       framePool: e.pool.stats(),
@@ -755,8 +770,42 @@ export class CanHub {
     if (port === undefined) {
       throw new CanHubError('ERR_BUS_UNKNOWN_PORT', `hub ${this.name} has no port ${String(portIdOrName)}`);
     }
+    const previous = port.busState;
     port.busState = state;
     port.handler.onBusState?.(state);
+    if (previous !== state) {
+      this.emitErrorFrame(
+        stateErrorFrame(state, {
+          timestampNs: this.#engine.clock(),
+          origin: port.id,
+          restarted: previous === 'bus-off',
+        }),
+      );
+    }
+  }
+
+  /**
+   * Reports an error event to every port attached with `errorFrames: true` (in attach order; a
+   * throwing observer is reported like a failing `onFramesAvailable` and the others still get it).
+   * Counted in `BusStats.errorFrames`. Never touches the data path.
+   */
+  emitErrorFrame(frame: CanErrorFrame): void {
+    const e = this.#engine;
+    if (e.closed) return;
+    e.errorFrames++;
+    for (const p of e.ports) {
+      if (!p.wantsErrorFrames || !p.attached) continue;
+      try {
+        p.handler.onErrorFrame?.(frame);
+      } catch (err) {
+        e.handlerFailed(err, p);
+      }
+    }
+  }
+
+  /** The bus clock (ns), as used for frame timestamps. */
+  now(): bigint {
+    return this.#engine.clock();
   }
 
   /** Detaches every port (in attach order) and refuses new ones. Idempotent. */

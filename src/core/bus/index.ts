@@ -1,5 +1,6 @@
 /** The CAN bus layer as a library: frame model + candump codec, the virtual hub, and their errors. */
 export { BusLoadMeter } from './bus-load.js';
+export { CanErr, type CanErrorFrame, errorFrameCanId, stateErrorFrame } from './can-error.js';
 export {
   assertValidCanFrame,
   CAN_FD_LENGTHS,

@@ -462,7 +462,7 @@ export class SocketCanPort implements BusPortHandler {
       return;
     }
     if (canId & LinuxCan.ERR_FLAG) {
-      this.onErrorFrame(canId, o);
+      this.onKernelErrorFrame(canId, o);
       return;
     }
     const fd = dv.getUint32(o + OFF_WIRE_SIZE, HOST_LITTLE_ENDIAN) === LinuxCan.CANFD_MTU;
@@ -529,7 +529,7 @@ export class SocketCanPort implements BusPortHandler {
     this.port.confirm(f, true);
   }
 
-  private onErrorFrame(canId: number, o: number): void {
+  private onKernelErrorFrame(canId: number, o: number): void {
     this.stats.errorFrames++;
     const ctrl = this.rxDv.getUint8(o + OFF_DATA + 1);
     let state: BusState | null = null;

@@ -4,8 +4,10 @@
  */
 import { type CanHub, HubRegistry } from '../../core/bus/hub.js';
 import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-device.js';
-import { nullLogger } from '../../core/util/log.js';
+import { type LogFields, nullLogger } from '../../core/util/log.js';
 import { ringOptionsOf } from '../../core/virtio/features.js';
+import { builtinPorts } from '../bus/builtin-ports.js';
+import type { BusAttachment, BusPortRequest, PortContext, PortRegistry } from '../bus/port-registry.js';
 import { SocketCanPort } from '../bus/socketcan-port.js';
 import { batchClock } from '../clock.js';
 import { CodedError } from '../errors.js';
@@ -20,6 +22,36 @@ export type BusSpec =
 
 export const DEFAULT_VIRTUAL_BUS = 'default';
 
+/**
+ * A bus's name, the one every option and peer uses: `default` for the default virtual bus, NAME for
+ * `virtual:NAME`, the interface name for a host interface.
+ */
+export function busName(b: BusSpec): string {
+  return b.kind === 'virtual' ? b.name : b.ifname;
+}
+
+/**
+ * The buses of a configuration, by name, or a message when a virtual bus is named like a host
+ * interface in use (they would be two buses with one name). Buses named only by ports (`--link`,
+ * `--capture`, ...) that no guest uses are virtual buses.
+ */
+export function busesOf(
+  buses: readonly BusSpec[],
+  extraNames: readonly string[] = [],
+): Map<string, BusSpec> | string {
+  const out = new Map<string, BusSpec>();
+  for (const b of buses) {
+    const name = busName(b);
+    const seen = out.get(name);
+    if (seen !== undefined && seen.kind !== b.kind) {
+      return `bus "${name}" is both a virtual bus and a host interface: rename the virtual bus`;
+    }
+    out.set(name, b);
+  }
+  for (const name of extraNames) if (!out.has(name)) out.set(name, { kind: 'virtual', name });
+  return out;
+}
+
 export interface CanDaemonOptions extends DaemonCommonOptions {
   /** One entry per path; default: every guest on the shared in-process bus "default". */
   buses?: readonly BusSpec[];
@@ -32,9 +64,15 @@ export interface CanDaemonOptions extends DaemonCommonOptions {
   socketcanRcvbuf?: number;
   /** Existing buses to use (and share with the caller); created on demand otherwise. */
   hubs?: HubRegistry;
+  /** Links, captures and replays (`--link`, `--capture`, `--replay`), created in this order. */
+  ports?: readonly BusPortRequest[];
+  /** Where their kinds are looked up (default: builtinPorts). */
+  portRegistry?: PortRegistry;
+  /** Options of the port kinds (`--replay-speed`...), handed to every port (PortContext.options). */
+  portOptions?: Readonly<Record<string, string | boolean | undefined>>;
 }
 
-export type CanDaemonErrorCode = 'ERR_BUS_COUNT';
+export type CanDaemonErrorCode = 'ERR_BUS_COUNT' | 'ERR_BUS_NAME' | 'ERR_PORT_SPEC';
 
 export class CanDaemonError extends CodedError<CanDaemonErrorCode> {}
 
@@ -47,7 +85,22 @@ export interface CanDaemon {
   device(index: number): CanDevice | null;
   /** The SocketCAN ports, by interface name. */
   readonly hostPorts: ReadonlyMap<string, SocketCanPort>;
+  /** Every bus by name (guests' buses and those only ports name), created at start. */
+  readonly buses: ReadonlyMap<string, BusSpec>;
+  /** Host interfaces, links, captures and replays, in creation order. */
+  readonly attachments: readonly BusAttachment[];
   stop(): void;
+}
+
+/** A host interface port as a BusAttachment (stats and close for the daemon's lists). */
+function hostAttachment(p: SocketCanPort): BusAttachment {
+  return {
+    kind: 'host',
+    name: p.port.name,
+    bus: p.ifname,
+    stats: (): LogFields => ({ state: p.linkState, ...p.stats }),
+    close: () => p.close(),
+  };
 }
 
 const clock = batchClock();
@@ -62,11 +115,35 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   if (buses.length !== sockets) {
     throw new CanDaemonError('ERR_BUS_COUNT', `${sockets} sockets but ${buses.length} bus entries`);
   }
+  const registry = opts.portRegistry ?? builtinPorts;
+  const requests = opts.ports ?? [];
+  const resolved = requests.map((r) => {
+    const res = registry.resolve(r);
+    if (typeof res === 'string') throw new CanDaemonError('ERR_PORT_SPEC', res);
+    return res;
+  });
+  const named = busesOf(
+    buses,
+    requests.map((r) => r.bus),
+  );
+  if (typeof named === 'string') throw new CanDaemonError('ERR_BUS_NAME', named);
   const hubs = opts.hubs ?? new HubRegistry({ clock });
   const ownsHubs = opts.hubs === undefined;
-  const hubName = (b: BusSpec): string => (b.kind === 'virtual' ? b.name : `host:${b.ifname}`);
-  const hubOf = (i: number): CanHub => hubs.get(hubName(buses[i]!));
+  // Every bus exists from the start, so peers (socketcand clients, links) can join it at once.
+  for (const name of named.keys()) hubs.get(name);
+  const hubOf = (i: number): CanHub => hubs.get(busName(buses[i]!));
   const n = opts.native ?? defaultNative;
+  const attachments: BusAttachment[] = [];
+  // Replays (and whoever else asks) wait for the first guest that starts its controller on a bus.
+  const started = new Set<string>();
+  const waiting = new Map<string, (() => void)[]>();
+  const guestStarted = (bus: string): void => {
+    if (started.has(bus)) return;
+    started.add(bus);
+    for (const fn of waiting.get(bus) ?? []) fn();
+    waiting.delete(bus);
+  };
+  const epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
   // One SocketCAN port per host interface, shared by the guests that name it. Start-up checks
   // (no AF_CAN, missing, not CAN, down) fail here with a clear error, before any socket exists.
   const hostPorts = new Map<string, SocketCanPort>();
@@ -77,17 +154,45 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
         b.ifname,
         new SocketCanPort({
           native: n,
-          hub: hubs.get(hubName(b)),
+          hub: hubs.get(busName(b)),
           ifname: b.ifname,
           log,
           ...(opts.socketcanRcvbuf === undefined ? {} : { rcvbuf: opts.socketcanRcvbuf }),
         }),
       );
     }
+    for (const p of hostPorts.values()) attachments.push(hostAttachment(p));
+    for (const r of resolved) {
+      const bus = r.request.bus;
+      const ctx: PortContext = {
+        bus,
+        hub: hubs.get(bus),
+        hubs,
+        log: log.child({ [r.factory.kind]: r.request.value, bus }),
+        native: n,
+        epochOffsetNs,
+        options: opts.portOptions ?? {},
+        onFirstGuestStart: (fn) => {
+          if (started.has(bus)) fn();
+          else waiting.set(bus, [...(waiting.get(bus) ?? []), fn]);
+        },
+      };
+      attachments.push(r.factory.create(ctx, r.spec));
+    }
   } catch (err) {
+    closeAll();
+    throw err;
+  }
+  function closeAll(): void {
+    for (const a of attachments.splice(0).reverse()) {
+      try {
+        a.close();
+      } catch (err) {
+        log.warn('closing a bus port failed', { port: a.name, reason: (err as Error).message });
+      }
+    }
     for (const p of hostPorts.values()) p.close();
     if (ownsHubs) hubs.closeAll();
-    throw err;
   }
   /** CAN FD only where the bus can carry it (a host interface with MTU 72). */
   const featuresOf = (i: number): Partial<CanFeatureSwitches> | undefined => {
@@ -113,6 +218,9 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
         ...ringOptionsOf(opts),
         ...(opts.rxBacklog === undefined ? {} : { rxBacklog: opts.rxBacklog }),
         log: devLog,
+        onControllerChange: (state) => {
+          if (state === 'started') guestStarted(busName(buses[index]!));
+        },
       });
       devices[index] = dev;
       return dev;
@@ -121,8 +229,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   try {
     daemon.start();
   } catch (err) {
-    for (const p of hostPorts.values()) p.close();
-    if (ownsHubs) hubs.closeAll();
+    closeAll();
     throw err;
   }
   return {
@@ -131,10 +238,11 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
     hubFor: hubOf,
     device: (i) => devices[i] ?? null,
     hostPorts,
+    buses: named,
+    attachments,
     stop: () => {
       daemon.stop();
-      for (const p of hostPorts.values()) p.close();
-      if (ownsHubs) hubs.closeAll();
+      closeAll();
     },
   };
 }

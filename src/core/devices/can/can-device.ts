@@ -77,6 +77,8 @@ export interface CanDeviceOptions extends RingOptions {
   /** Frames waiting for RX buffers, per guest, before drops are counted (default DEFAULT_RX_BACKLOG). */
   rxBacklog?: number;
   log?: Logger;
+  /** Told when the guest starts or stops its controller (bus-off stops it too). */
+  onControllerChange?: (state: ControllerState) => void;
 }
 
 export type ControllerState = 'stopped' | 'started';
@@ -151,6 +153,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   private host: DeviceHost | null = null;
   private log: Logger;
   private controller: ControllerState = 'stopped';
+  private readonly onControllerChange: ((state: ControllerState) => void) | undefined;
+  private readonly hub: CanHub;
   private status = 0;
   private neg: CanNegotiated = { classic: false, fd: false, rtr: false, lateTxAck: false };
   private destroyed = false;
@@ -220,6 +224,8 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
     this.features = f;
     this.maxQueueSize = maxQueueSizeOf(opts);
     this.log = opts.log ?? nullLogger;
+    this.onControllerChange = opts.onControllerChange;
+    this.hub = opts.hub;
     this.worker = new QueueWorker(
       () => this.host,
       () => this.log,
@@ -677,10 +683,15 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
         this.stats.ctrlStart++;
         // Clearing BUSOFF happens before the request is marked used; the driver caused it, so no
         // config-change notification is needed (5.22.6.3).
-        this.status &= ~CanStatus.CTRL_BUSOFF;
+        if (this.status & CanStatus.CTRL_BUSOFF) {
+          this.status &= ~CanStatus.CTRL_BUSOFF;
+          // Back from bus-off: observers of the bus see the controller restart.
+          this.hub.injectBusState(this.port.id, 'error-active');
+        }
         if (this.controller !== 'started') {
           this.controller = 'started';
           this.port.setReceiving(true);
+          this.onControllerChange?.('started');
         }
         return CanResult.OK;
       case CanMsgType.SET_CTRL_MODE_STOP:
@@ -693,7 +704,9 @@ export class CanDevice implements VirtioDevice, BusPortHandler {
   }
 
   private enterStopped(): void {
+    const was = this.controller;
     this.controller = 'stopped';
+    if (was !== 'stopped') this.onControllerChange?.('stopped');
     // Frames not yet delivered are discarded: a later START must not deliver stale frames.
     this.port.setReceiving(false);
     this.cancelPendingTx();

@@ -22,6 +22,7 @@ import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/h
 import { RingQueue } from '../../core/bus/ring-queue.js';
 import type { Logger } from '../../core/util/log.js';
 import { CodedError } from '../errors.js';
+import { TxBatcher } from './link-kit.js';
 import {
   CAN_RECORD_DATA_OFFSET,
   CAN_RECORD_MSG_FLAGS_OFFSET,
@@ -234,8 +235,8 @@ export class SocketCanPort implements BusPortHandler {
   private readonly rxFrame = scratchCanFrame();
   /** Scratch payloads by length 0..64 (the hub requires data.length === len). */
   private readonly rxData: Uint8Array[] = Array.from({ length: 65 }, (_, n) => new Uint8Array(n));
-  private retryTimer: ReturnType<typeof setTimeout> | null = null;
-  private retryDelay = 1;
+  /** One flush per turn, retried with backoff while the kernel's queue is full. */
+  private readonly batcher = new TxBatcher({ flush: () => this.flush() });
   private readonly checkTimer: ReturnType<typeof setInterval> | null;
 
   constructor(opts: SocketCanPortOptions) {
@@ -333,22 +334,14 @@ export class SocketCanPort implements BusPortHandler {
   onFramesAvailable(): void {
     // The hub calls this once per frame, from inside a guest's TX loop: write once per turn
     // instead, so a batch of guest frames goes out in sendmmsg batches, not a syscall per frame.
-    if (this.flushScheduled || this.retryTimer !== null) return;
-    this.flushScheduled = true;
-    setImmediate(this.runFlush);
+    this.batcher.request();
   }
-
-  private flushScheduled = false;
-  private readonly runFlush = (): void => {
-    this.flushScheduled = false;
-    if (this.retryTimer === null) this.flush();
-  };
 
   /**
    * Writes queued frames in batches: first those a full kernel queue sent back (`pendingRetry`),
    * then the hub queue, so the order on the wire is the order on the bus.
    */
-  private flush(): void {
+  private flush(): 'done' | 'retry' {
     const frames = this.txFrames;
     while (this.sock >= 0) {
       frames.length = 0;
@@ -366,7 +359,7 @@ export class SocketCanPort implements BusPortHandler {
       } catch (err) {
         for (const f of frames) this.fail(f);
         this.linkLost(`write failed: ${(err as Error).message}`);
-        return;
+        return 'done';
       }
       const now = Date.now();
       for (let i = 0; i < sent; i++) {
@@ -381,23 +374,13 @@ export class SocketCanPort implements BusPortHandler {
         const rest: CanFrame[] = frames.slice(sent);
         for (let f = this.pendingRetry.shift(); f !== undefined; f = this.pendingRetry.shift()) rest.push(f);
         for (const f of rest) this.pendingRetry.push(f);
-        this.scheduleRetry();
-        return;
+        return 'retry';
       }
     }
-    this.retryDelay = 1;
+    return 'done';
   }
 
   private readonly pendingRetry = new RingQueue<CanFrame>(32);
-
-  private scheduleRetry(): void {
-    if (this.retryTimer !== null) return;
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
-      this.flush();
-    }, this.retryDelay);
-    this.retryDelay = Math.min(this.retryDelay * 2, 50);
-  }
 
   private writeRecord(i: number, f: CanFrame): void {
     const o = i * RECORD;
@@ -572,8 +555,6 @@ export class SocketCanPort implements BusPortHandler {
     this.stats.down++;
     this.log.warn('host interface lost; guests on this bus get NOT_OK until it is back', { reason });
     this.closeSocket();
-    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
-    this.retryTimer = null;
     this.failInflight();
     // Refuse guests' frames (the hub then fails their requests) until the interface is back.
     this.port.setReceiving(false);
@@ -620,9 +601,8 @@ export class SocketCanPort implements BusPortHandler {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.flushScheduled = true; // a pending runFlush finds no socket and does nothing
+    this.batcher.close(); // a pending flush does nothing
     if (this.checkTimer !== null) clearInterval(this.checkTimer);
-    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.closeSocket();
     this.failInflight();
     this.port.detach();

@@ -22,7 +22,6 @@ import type { BusPortHandler, BusState, CanHub, HubPort } from '../../core/bus/h
 import { RingQueue } from '../../core/bus/ring-queue.js';
 import type { Logger } from '../../core/util/log.js';
 import { CodedError } from '../errors.js';
-import { TxBatcher } from './link-kit.js';
 import {
   CAN_RECORD_DATA_OFFSET,
   CAN_RECORD_MSG_FLAGS_OFFSET,
@@ -30,6 +29,7 @@ import {
   CAN_RECORD_WIRE_SIZE_OFFSET,
   HOST_LITTLE_ENDIAN,
 } from '../native/can-records.js';
+import { TxBatcher } from './link-kit.js';
 
 /** Linux SocketCAN constants (include/uapi/linux/can.h, can/raw.h, can/error.h). */
 export const LinuxCan = {

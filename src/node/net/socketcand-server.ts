@@ -501,6 +501,9 @@ class Client implements SessionHost, BusPortHandler, PeerConnection {
 
   #flush(): 'done' | 'retry' {
     if (this.#disposed) return 'done';
+    // The client has not taken what was written yet: leave the frames queued (the 'drain' event
+    // resumes), so what waits in user space stays about one chunk per client.
+    if (this.socket.writableNeedDrain) return 'retry';
     const ok = this.#fill();
     if (this.#out.length > 0 && !this.#write()) return 'retry';
     return ok ? 'done' : 'retry';

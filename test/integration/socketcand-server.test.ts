@@ -75,7 +75,7 @@ describe('socketcand server: handshake and raw mode', () => {
     host.transmit(makeCanFrame({ id: 0x100, fd: true, brs: true, data: new Uint8Array(12).fill(0xcd) }));
     host.transmit(makeCanFrame({ id: 0x101, fd: true, esi: true, data: [] }));
     await c.waitCount(11);
-    const rest = c.text.slice('< hi >< ok >< ok >'.length);
+    const rest = (c.text as string).slice('< hi >< ok >< ok >'.length);
     const expected = [
       `< frame 123 ${TS} 0102AB >`,
       `< frame 005 ${TS}  >`,

@@ -45,7 +45,7 @@ function outQueue(hub: CanHub): HubPort | undefined {
 const frame = makeCanFrame({ id: 0x123, data: [1, 2, 3, 4, 5, 6, 7, 8] });
 
 /** Generates for `ms` (keeping the way out's queue from overflowing); resolves with frames sent. */
-function generate(hub: CanHub, port: HubPort, ms: number, limit: () => number): Promise<number> {
+function generate(port: HubPort, ms: number, limit: () => number): Promise<number> {
   return new Promise((resolve) => {
     const end = performance.now() + ms;
     let sent = 0;
@@ -71,7 +71,7 @@ async function window(ms: number, doGen: boolean, hub: CanHub, limit: () => numb
   const c0 = process.cpuUsage();
   const t0 = performance.now();
   let sent = 0;
-  if (doGen) sent = await generate(hub, gen!, ms, limit);
+  if (doGen) sent = await generate(gen!, ms, limit);
   else await new Promise((r) => setTimeout(r, ms));
   const elapsed = performance.now() - t0;
   const c = process.cpuUsage(c0);

@@ -83,7 +83,7 @@ export interface PyPeer {
 
 /** Starts the python-can peer (test/helpers/python-can-peer.py) against HOST:PORT CHANNEL. */
 export async function startPyPeer(
-  t: TestContext,
+  t: { after(fn: () => void): void },
   py: PythonCan,
   host: string,
   port: number,

@@ -233,7 +233,8 @@ export class SocketcandServer implements BusAttachment {
       c.dispose();
       this.#clients.delete(c);
       this.counters.clients = this.#clients.size;
-      this.log.info('socketcand client disconnected', { peer, ...c.summary() });
+      // (Not after close(): the daemon's log may be gone by then.)
+      if (!this.#closed) this.log.info('socketcand client disconnected', { peer, ...c.summary() });
     });
   }
 

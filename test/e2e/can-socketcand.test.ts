@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import { type PyFrame, requirePythonCan, startPyPeer } from '../helpers/socketcand.js';
-import { candumpFrames, guestCandumpOf, skipWithoutKit, withRun } from './helpers/can-scenarios.js';
+import { candumpFrames, guestCandumpOf, skipWithoutKit, until, withRun } from './helpers/can-scenarios.js';
 
 // What python-can sends (its socketcand interface carries no flags: an FD message goes as FD
 // without BRS) and the same frames as cansend/candump text.
@@ -60,6 +60,11 @@ cp /tmp/dump.txt /mnt/dump.txt
       await peer.request({ op: 'send', frames: FROM_PY.map(([f]) => f) }),
       { sent: FROM_PY.length },
       'sent',
+    );
+    // The guest's own frames show in its candump too (local echo): let python-can's arrive first.
+    await until(
+      () => run.device(0).stats.rxDelivered >= FROM_PY.length,
+      'python-can frames delivered to the guest',
     );
     run.tell(g, 'go');
     const got = (await peer.request({ op: 'recv', count: FROM_GUEST.length, timeout: 30 }, 40_000))

@@ -7,18 +7,19 @@
 import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
+import type { CanDaemon } from '../../src/node/can/can-daemon.js';
 import type { CanTestDriver } from '../../src/node/frontend/can-driver.js';
 import { type PyFrame, requirePythonCan, startPyPeer } from '../helpers/socketcand.js';
-import { startDriver, startTestDaemon } from '../helpers/vhost-user.js';
+import { frame, hostPort, startDriver, startTestDaemon } from '../helpers/vhost-user.js';
 
 const hex = (b: Uint8Array | readonly number[]): string => Buffer.from(b).toString('hex');
 
-async function setup(t: TestContext): Promise<{ port: number; drv: CanTestDriver }> {
+async function setup(t: TestContext): Promise<{ port: number; drv: CanTestDriver; can: CanDaemon }> {
   const { can, paths } = startTestDaemon(t, { socketcand: { listen: { host: '127.0.0.1', port: 0 } } });
   await can.socketcand!.ready;
   const { drv } = await startDriver(t, paths[0]!);
   assert.equal(await drv.startController(), 0);
-  return { port: can.socketcand!.address.port, drv };
+  return { port: can.socketcand!.address.port, drv, can };
 }
 
 /** A guest frame with a raw DLC 9..15 for 8 bytes (virtio-can's reserved_classic_dlc byte). */
@@ -102,6 +103,32 @@ for (const version of ['4.1', '4.5'] as const) {
     );
     assert.deepEqual(await peer.request({ op: 'quit' }), { bye: true });
     assert.doesNotMatch(peer.stderr(), /Traceback|CanError/);
+  });
+
+  test(`python-can ${version}: thousands of frames in a row arrive complete and in order`, async (t) => {
+    const py = requirePythonCan(t, version);
+    if (py === null) return;
+    const { port, can } = await setup(t);
+    const peer = await startPyPeer(t, py, '127.0.0.1', port, 'default');
+    const host = hostPort(t, can.hubs.get('default'));
+    // Mixed sizes, so elements straddle python-can's 1024-byte reads at every offset.
+    const n = 5000;
+    for (let i = 0; i < n; i++) {
+      host.transmit(
+        frame(
+          i % 2 === 0 ? 0x100 : 0x1abcde00 + (i & 0xff),
+          Array.from({ length: i % 9 }, (_, k) => (i + k) & 0xff),
+          { extended: i % 2 === 1 },
+        ),
+      );
+      if (i % 500 === 499) await new Promise((r) => setTimeout(r, 5));
+    }
+    const got = (await peer.request({ op: 'recv', count: n, timeout: 30 }, 40_000)).frames as PyFrame[];
+    assert.equal(got.length, n, 'every frame arrived');
+    for (let i = 0; i < n; i++) {
+      const want = Buffer.from(Array.from({ length: i % 9 }, (_, k) => (i + k) & 0xff)).toString('hex');
+      assert.equal(got[i]!.data, want, `frame ${i}`);
+    }
   });
 
   test(`python-can ${version}: send_periodic reaches the guest at its period`, async (t) => {

@@ -7,7 +7,8 @@ import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can
 import { builtinPorts, PORT_KIND_OPTIONS } from '../node/bus/builtin-ports.js';
 import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-registry.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
-import { type BusSpec, busesOf } from '../node/can/can-daemon.js';
+import { type BusSpec, busesOf, type CanDaemonOptions } from '../node/can/can-daemon.js';
+import { parseCidr, parseHostPort } from '../node/net/addresses.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 
 export { socketPaths } from './common-args.js';
@@ -25,6 +26,8 @@ export interface CanCliOptions extends CommonOptions {
   ports: BusPortRequest[];
   /** Values of the port kinds' shared options (PORT_KIND_OPTIONS), by option name. */
   portOptions: Record<string, string | boolean | undefined>;
+  /** --socketcand-listen and its options; null without it. */
+  socketcand: NonNullable<CanDaemonOptions['socketcand']> | null;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -93,6 +96,10 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       'no-late-tx-ack': { type: 'boolean' },
       'rx-backlog': { type: 'string' },
       'socketcan-rcvbuf': { type: 'string' },
+      'socketcand-listen': { type: 'string' },
+      'socketcand-allow': { type: 'string', multiple: true },
+      'socketcand-max-clients': { type: 'string' },
+      'socketcand-error-mask': { type: 'string' },
     },
     MAX_SOCKET_COUNT,
   );
@@ -175,6 +182,8 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     DEFAULT_SOCKETCAN_RCVBUF,
   );
   if (typeof rcvbuf === 'string') return { kind: 'error', message: rcvbuf };
+  const socketcand = parseSocketcandOptions(values);
+  if (typeof socketcand === 'string') return { kind: 'error', message: socketcand };
   return {
     kind: 'run',
     options: {
@@ -186,8 +195,48 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       socketcanRcvbuf: rcvbuf,
       ports,
       portOptions,
+      socketcand,
     },
   };
+}
+
+/** The --socketcand-* options: the server's settings, null without --socketcand-listen, or a message. */
+function parseSocketcandOptions(
+  values: Record<string, unknown>,
+): NonNullable<CanDaemonOptions['socketcand']> | null | string {
+  const listenArg = values['socketcand-listen'] as string | undefined;
+  const allowArgs = (values['socketcand-allow'] as string[] | undefined) ?? [];
+  const maxArg = values['socketcand-max-clients'] as string | undefined;
+  const maskArg = values['socketcand-error-mask'] as string | undefined;
+  if (listenArg === undefined) {
+    const stray = [
+      allowArgs.length > 0 ? '--socketcand-allow' : '',
+      maxArg !== undefined ? '--socketcand-max-clients' : '',
+      maskArg !== undefined ? '--socketcand-error-mask' : '',
+    ].filter((x) => x !== '');
+    return stray.length === 0 ? null : `${stray.join(', ')} need --socketcand-listen ADDR:PORT`;
+  }
+  const listen = parseHostPort(listenArg, '--socketcand-listen');
+  if (typeof listen === 'string') return listen;
+  const allow: string[] = [];
+  for (const a of allowArgs) {
+    const c = parseCidr(a, '--socketcand-allow');
+    if (c.startsWith('--')) return c;
+    allow.push(c);
+  }
+  const maxClients = intOption(maxArg, 'socketcand-max-clients', 1, 4096, 64);
+  if (typeof maxClients === 'string') return maxClients;
+  let errorMask = 0;
+  if (maskArg !== undefined) {
+    if (
+      !/^(0x)?[0-9A-Fa-f]{1,8}$/.test(maskArg) ||
+      Number.parseInt(maskArg.replace(/^0x/, ''), 16) > 0x1fffffff
+    ) {
+      return `--socketcand-error-mask expects error class bits in hex (0..1FFFFFFF), got "${maskArg}"`;
+    }
+    errorMask = Number.parseInt(maskArg.replace(/^0x/, ''), 16);
+  }
+  return { listen, allow, maxClients, errorMask };
 }
 
 /** The help of the registered port kinds and their options, generated from the registry. */
@@ -272,7 +321,21 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}    --stats-interval SECONDS
+${portKindsHelp()}    --socketcand-listen ADDR:PORT
+        Serves every bus over the socketcand protocol (TCP; ADDR an IPv4 address, [IPv6] or
+        localhost; socketcand's port is 29536). Clients such as python-can's socketcand
+        interface open a bus by its name (BUS NAMES above). Raw mode, broadcast manager mode
+        and control mode; details in docs/socketcand.md. socketcand has no authentication:
+        listening on anything but loopback logs a warning; restrict it with --socketcand-allow.
+    --socketcand-allow CIDR  (repeatable)
+        Only peers in these address ranges may connect (ADDR/PREFIX or one address, IPv4 or
+        IPv6). Default: everyone who can reach ADDR:PORT.
+    --socketcand-max-clients N
+        Connections at once (default 64); more are refused with an error.
+    --socketcand-error-mask HEX
+        Error frame classes (linux/can/error.h class bits) sent to raw-mode clients as
+        < error ... > unless they choose with < errormask HEX >. Default 0: none.
+    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

@@ -13,7 +13,7 @@ main<CanCliOptions>({
   capabilityType: 'can',
   help: CAN_HELP,
   parse: parseCanArgs,
-  start(o, log) {
+  async start(o, log) {
     const can = startCanDaemon({
       paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
       ...(o.fd === null ? {} : { listenFds: [o.fd] }),
@@ -26,8 +26,17 @@ main<CanCliOptions>({
       socketcanRcvbuf: o.socketcanRcvbuf,
       ports: o.ports,
       portOptions: o.portOptions,
+      ...(o.socketcand === null ? {} : { socketcand: o.socketcand }),
       log,
     });
+    if (can.socketcand !== null) {
+      try {
+        await can.socketcand.ready;
+      } catch (err) {
+        can.stop();
+        throw err;
+      }
+    }
     return { stats: () => formatStats(can), stop: () => can.stop() };
   },
   describe: (o) => ({

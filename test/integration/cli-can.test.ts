@@ -89,3 +89,21 @@ test('a stale socket file from a crashed daemon is replaced', async () => {
     assert.equal(await exited(d2.child), 0);
   }
 });
+
+test('--socketcand-listen: serves the buses, shows its counters in the statistics; a taken port fails start-up', async () => {
+  const base = join(dir, 'scd.sock');
+  const d = start(['-s', base, '--socketcand-listen', '127.0.0.1:0', '--stats-interval', '1']);
+  try {
+    await waitFor(() => /socketcand server listening .*listen=127\.0\.0\.1:\d+/.test(d.output()));
+    const port = Number(/listen=127\.0\.0\.1:(\d+)/.exec(d.output())![1]);
+    await waitFor(() => /socketcand-server=socketcand-server:127\.0\.0\.1:\d+ .*clients=0/.test(d.output()));
+    const taken = runSync(['-s', join(dir, 'scd2.sock'), '--socketcand-listen', `127.0.0.1:${port}`]);
+    assert.equal(taken.status, 1);
+    assert.match(taken.stderr, /ERR_SOCKETCAND_ADDR_IN_USE|cannot listen on 127\.0\.0\.1/);
+    assert.ok(!existsSync(join(dir, 'scd2.sock0')), 'the failed daemon removed its socket');
+    d.child.kill('SIGTERM');
+    assert.equal(await exited(d.child), 0);
+  } finally {
+    d.child.kill('SIGKILL');
+  }
+});

@@ -74,3 +74,71 @@ test('help and version', () => {
     assert.ok(CAN_HELP.includes(opt), opt);
   }
 });
+
+test('--socketcand-listen and its options', () => {
+  assert.equal(run(['-s', '/tmp/x']).socketcand, null);
+  const o = run([
+    '-s',
+    '/tmp/x',
+    '--socketcand-listen',
+    '[::1]:29536',
+    '--socketcand-allow',
+    '10.0.0.0/8',
+    '--socketcand-allow',
+    'fd00::1',
+    '--socketcand-max-clients',
+    '8',
+    '--socketcand-error-mask',
+    '0x1FF',
+  ]);
+  assert.deepEqual(o.socketcand, {
+    listen: { host: '::1', port: 29536 },
+    allow: ['10.0.0.0/8', 'fd00::1/128'],
+    maxClients: 8,
+    errorMask: 0x1ff,
+  });
+  assert.deepEqual(run(['-s', '/tmp/x', '--socketcand-listen', 'localhost:0']).socketcand?.listen, {
+    host: 'localhost',
+    port: 0,
+  });
+  assert.match(err(['-s', '/tmp/x', '--socketcand-listen', '29536']), /expected ADDR:PORT/);
+  assert.match(err(['-s', '/tmp/x', '--socketcand-listen', 'example.org:1']), /is not an IP address/);
+  assert.match(err(['-s', '/tmp/x', '--socketcand-listen', '1.2.3.4:70000']), /out of range/);
+  assert.match(
+    err(['-s', '/tmp/x', '--socketcand-listen', ':1', '--socketcand-allow', '10.0.0.0/33']),
+    /expected ADDR:PORT/,
+  );
+  const l = ['-s', '/tmp/x', '--socketcand-listen', '127.0.0.1:1'];
+  assert.match(err([...l, '--socketcand-allow', '10.0.0.0/33']), /prefix \/33 is longer than 32 bits/);
+  assert.match(err([...l, '--socketcand-allow', 'nope']), /expected an address or ADDR\/PREFIX/);
+  assert.match(err([...l, '--socketcand-max-clients', '0']), /between 1 and 4096/);
+  assert.match(err([...l, '--socketcand-error-mask', 'zz']), /error class bits in hex/);
+  assert.match(err(['-s', '/tmp/x', '--socketcand-allow', '10.0.0.0/8']), /need --socketcand-listen/);
+  assert.match(CAN_HELP, /--socketcand-listen ADDR:PORT/);
+});
+
+test('--link socketcand:// URLs are checked at parse time', () => {
+  const o = run([
+    '-s',
+    '/tmp/x',
+    '--link',
+    'lab=socketcand://10.0.0.2/can0',
+    '--link',
+    'default=socketcand://[::1]:1234/lab',
+  ]);
+  assert.deepEqual(
+    o.ports.map((p) => [p.bus, p.value]),
+    [
+      ['lab', 'socketcand://10.0.0.2/can0'],
+      ['default', 'socketcand://[::1]:1234/lab'],
+    ],
+  );
+  assert.match(
+    err(['-s', '/tmp/x', '--link', 'lab=socketcand://10.0.0.2:1']),
+    /expected socketcand:\/\/HOST:PORT\/CHANNEL/,
+  );
+  assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://10.0.0.2:0/x']), /port 0 is out of range/);
+  assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://h/bad name']), /bad channel/);
+  assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://[zz]:1/x']), /expected ADDR:PORT/);
+  assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://[1::2::3]:1/x']), /not an IP address/);
+});

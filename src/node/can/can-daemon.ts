@@ -12,6 +12,7 @@ import { SocketCanPort } from '../bus/socketcan-port.js';
 import { batchClock } from '../clock.js';
 import { CodedError } from '../errors.js';
 import { native as defaultNative } from '../native/addon.js';
+import { SocketcandServer, type SocketcandServerOptions } from '../net/socketcand-server.js';
 import { type DaemonCommonOptions, VhostUserDaemon } from '../vhost-user/daemon.js';
 
 /** Where one guest's CAN traffic goes. */
@@ -70,6 +71,11 @@ export interface CanDaemonOptions extends DaemonCommonOptions {
   portRegistry?: PortRegistry;
   /** Options of the port kinds (`--replay-speed`...), handed to every port (PortContext.options). */
   portOptions?: Readonly<Record<string, string | boolean | undefined>>;
+  /**
+   * A socketcand server serving every bus (`--socketcand-listen`). Listening completes later:
+   * await `CanDaemon.socketcand.ready` (it rejects when the address cannot be used).
+   */
+  socketcand?: Omit<SocketcandServerOptions, 'hubs' | 'log' | 'epochOffsetNs'>;
 }
 
 export type CanDaemonErrorCode = 'ERR_BUS_COUNT' | 'ERR_BUS_NAME' | 'ERR_PORT_SPEC';
@@ -89,6 +95,8 @@ export interface CanDaemon {
   readonly buses: ReadonlyMap<string, BusSpec>;
   /** Host interfaces, links, captures and replays, in creation order. */
   readonly attachments: readonly BusAttachment[];
+  /** The socketcand server (also in `attachments`), or null without `socketcand`. */
+  readonly socketcand: SocketcandServer | null;
   stop(): void;
 }
 
@@ -147,6 +155,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   // One SocketCAN port per host interface, shared by the guests that name it. Start-up checks
   // (no AF_CAN, missing, not CAN, down) fail here with a clear error, before any socket exists.
   const hostPorts = new Map<string, SocketCanPort>();
+  let socketcand: SocketcandServer | null = null;
   try {
     for (const b of buses) {
       if (b.kind !== 'host' || hostPorts.has(b.ifname)) continue;
@@ -178,6 +187,15 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
         },
       };
       attachments.push(r.factory.create(ctx, r.spec));
+    }
+    if (opts.socketcand !== undefined) {
+      socketcand = new SocketcandServer({
+        ...opts.socketcand,
+        hubs,
+        log: log.child({ socketcand: 'server' }),
+        epochOffsetNs,
+      });
+      attachments.push(socketcand);
     }
   } catch (err) {
     closeAll();
@@ -240,6 +258,7 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
     hostPorts,
     buses: named,
     attachments,
+    socketcand,
     stop: () => {
       daemon.stop();
       closeAll();

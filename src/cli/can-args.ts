@@ -9,6 +9,7 @@ import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-re
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import { type BusSpec, busesOf } from '../node/can/can-daemon.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
+import { HTTP_OPTIONS, HTTP_OPTIONS_HELP, type HttpCliOptions, parseHttpOptions } from './http-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -25,6 +26,8 @@ export interface CanCliOptions extends CommonOptions {
   ports: BusPortRequest[];
   /** Values of the port kinds' shared options (PORT_KIND_OPTIONS), by option name. */
   portOptions: Record<string, string | boolean | undefined>;
+  /** --http (the monitor, metrics and API), null when absent. */
+  http: HttpCliOptions | null;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -83,6 +86,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     argv,
     {
       ...kindOptions,
+      ...HTTP_OPTIONS,
       link: { type: 'string', multiple: true },
       capture: { type: 'string', multiple: true },
       replay: { type: 'string', multiple: true },
@@ -175,6 +179,8 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     DEFAULT_SOCKETCAN_RCVBUF,
   );
   if (typeof rcvbuf === 'string') return { kind: 'error', message: rcvbuf };
+  const http = parseHttpOptions(values);
+  if (typeof http === 'string') return { kind: 'error', message: http };
   return {
     kind: 'run',
     options: {
@@ -186,6 +192,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       socketcanRcvbuf: rcvbuf,
       ports,
       portOptions,
+      http,
     },
   };
 }
@@ -272,7 +279,7 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}    --stats-interval SECONDS
+${portKindsHelp()}${HTTP_OPTIONS_HELP}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

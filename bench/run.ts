@@ -15,6 +15,8 @@
  *   scale  1, 4, 16 guests on one bus, all sending and receiving; daemon CPU per frame; the 16-guest
  *          daemon also gives the idle CPU and the memory figures.
  *   prof   the tp 8-byte / 64-per-kick scenario with the daemon under --cpu-prof; top self time.
+ *   web    the tp flood without --http beside the same flood with one monitor page's requests and
+ *          /metrics scraped every second (the cost of watching).
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
@@ -37,6 +39,7 @@ import { measureProf, reportProf } from './phases/prof.js';
 import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
 import { measureTp, reportTp } from './phases/tp.js';
+import { measureWeb, reportWeb } from './phases/web.js';
 
 // ---- configuration --------------------------------------------------------------------------------
 
@@ -85,8 +88,8 @@ function parseConfig(argv: readonly string[]): Config | null {
       idleMs: quick ? 3000 : 10_000,
     },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000 }
-      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000 },
+      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000, web: 90_000 }
+      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000, web: 150_000 },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
   };
@@ -116,6 +119,7 @@ function report(res: Results): string {
   reportScale(res, out);
   reportProf(res, out);
   reportCon(res, out);
+  reportWeb(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -124,6 +128,7 @@ function report(res: Results): string {
     ...res.scale,
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
+    ...(res.web?.runs.map((r) => r.flow) ?? []),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -189,6 +194,7 @@ async function main(): Promise<number> {
     memory: [],
     profile: null,
     con: null,
+    web: null,
     errors: [],
     notes: [],
   };
@@ -203,6 +209,7 @@ async function main(): Promise<number> {
     scale: measureScale,
     prof: measureProf,
     con: measureCon,
+    web: measureWeb,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

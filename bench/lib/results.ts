@@ -1,4 +1,6 @@
 /** The shapes of the benchmark's results (bench/results/*.json). */
+
+import type { WebResult } from '../phases/web.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
 import type { FrameName } from './context.js';
 import type { CpuShares } from './harness.js';
@@ -106,6 +108,7 @@ export interface Results {
   memory: MemoryRow[];
   profile: (ProfileSummary & { flow: FlowResult }) | null;
   con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
+  web: WebResult | null;
   errors: { phase: string; error: string }[];
   notes: string[];
 }

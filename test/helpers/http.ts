@@ -199,7 +199,8 @@ export async function startWeb(
 const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
 const LABEL = '[a-zA-Z_][a-zA-Z0-9_]*';
 const LABEL_VALUE = '"(?:[^"\\\\\\n]|\\\\[\\\\"n])*"';
-const VALUE = '(?:[+-]?(?:[0-9]*\\.?[0-9]+(?:[eE][+-]?[0-9]+)?|Inf)|NaN)';
+// Prometheus reads values with Go's ParseFloat: NaN and Inf in any case (prom-client writes "Nan").
+const VALUE = '(?:[+-]?(?:[0-9]*\\.?[0-9]+(?:[eE][+-]?[0-9]+)?|[Ii]nf)|[Nn]a[Nn])';
 const SAMPLE = new RegExp(
   `^(${NAME})(?:\\{(?:${LABEL}=${LABEL_VALUE}(?:,${LABEL}=${LABEL_VALUE})*,?)?\\})? ${VALUE}(?: -?[0-9]+)?$`,
 );

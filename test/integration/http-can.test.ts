@@ -248,6 +248,10 @@ test('/metrics: valid exposition text, counters and gauges that follow the traff
   assert.equal(r.status, 200);
   assert.match(String(r.headers['content-type']), /^text\/plain; version=0\.0\.4/);
   assert.deepEqual(lintExposition(r.text), []);
+  // The checker itself catches what it should.
+  assert.deepEqual(lintExposition('# TYPE a counter\na 1\n'), ['counter not named _total, line 2: a 1']);
+  assert.equal(lintExposition('x_total{l="a} 1\n').length, 1);
+  assert.equal(lintExposition('# TYPE x gauge\nx 1').length, 1, 'no final newline');
   const m = parseMetrics(r.text);
   for (const [name, f] of m) {
     if (f.type === 'COUNTER') assert.ok(name.endsWith('_total'), `${name} is a counter without _total`);
@@ -308,7 +312,14 @@ test('the frame stream: a guest frame arrives decoded, the filter holds, error e
 
   assert.equal(await drv.send(frame(0x701, [0x05])), 0);
   await sendJson(web, 'POST', '/api/buses/default/frames', { frame: '702#05' }); // sender "web": filtered out
-  const hb = await only.waitFor('the heartbeat', (e) => e.event === 'frame', 1000);
+  const viaApi = await all.waitFor(
+    'the injected frame',
+    (e) => e.event === 'frame' && e.data.id === 0x702,
+    1000,
+    true,
+  );
+  assert.equal(viaApi.data.port, 'web', 'the sender of an API frame is named although its port left');
+  const hb = await only.waitFor('the heartbeat', (e) => e.event === 'frame', 1000, true);
   assert.equal(hb.data.id, 0x701);
   assert.equal(hb.data.canopen, undefined, 'no decoding unless asked');
 

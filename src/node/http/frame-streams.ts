@@ -4,8 +4,9 @@
  * Each bus a viewer watches has one FrameTap (attached while anyone watches it). Every `tickMs` the
  * streams read what the taps collected since the viewer's last look, keep the frames that pass its
  * filter, and send at most `rate` frames per second (a token bucket), picked evenly over the
- * matches; the rest are counted `skipped`. Entries the tap's ring overwrote before a viewer read
- * them are counted `lost`. A viewer whose socket does not take what was written (Node's write
+ * matches; the rest are counted `skipped`. Frames the viewer never got to look at are counted
+ * `lost`: overwritten in the tap's ring before it read them, or put on the bus while the tap sat
+ * out the rest of a window during a flood (see FrameTap). A viewer whose socket does not take what was written (Node's write
  * buffer over `maxBufferBytes`, or still congested after `stallMs`) is cut off, so a slow reader
  * never makes the daemon queue without bound; EventSource reconnects by itself.
  *
@@ -55,6 +56,8 @@ export interface FrameStreamsOptions {
   stallMs?: number | undefined;
   tickMs?: number | undefined;
   tapCapacity?: number | undefined;
+  /** Entries a tap copies per tick before it sits out the rest of the tick (default: half its capacity). */
+  tapWindowBudget?: number | undefined;
   /** Port name of the taps on the buses. */
   tapName?: string | undefined;
 }
@@ -254,6 +257,8 @@ interface Subscription {
   bus: string;
   tap: FrameTap;
   cursor: number;
+  /** The tap's `unseen` count at the viewer's last look. */
+  unseen: number;
 }
 
 class Viewer {
@@ -279,9 +284,6 @@ class Viewer {
 interface TapState {
   tap: FrameTap;
   viewers: number;
-  /** Port id -> name, rebuilt when the hub's port list changes; names of ports gone are kept. */
-  names: Map<number, string>;
-  portsSeen: readonly unknown[] | null;
 }
 
 export class FrameStreams {
@@ -296,6 +298,7 @@ export class FrameStreams {
     stallMs: number;
     tickMs: number;
     tapCapacity: number;
+    tapWindowBudget: number | undefined;
     tapName: string;
   };
   readonly #viewers = new Set<Viewer>();
@@ -327,6 +330,7 @@ export class FrameStreams {
       stallMs: opts.stallMs ?? STREAM_DEFAULTS.STALL_MS,
       tickMs: opts.tickMs ?? STREAM_DEFAULTS.TICK_MS,
       tapCapacity: opts.tapCapacity ?? 8192,
+      tapWindowBudget: opts.tapWindowBudget,
       tapName: opts.tapName ?? 'web-monitor',
     };
   }
@@ -361,7 +365,7 @@ export class FrameStreams {
       if (st === undefined) continue;
       st.viewers++;
       st.tap.attach(this.#o.tapName);
-      subs.push({ bus, tap: st.tap, cursor: st.tap.head });
+      subs.push({ bus, tap: st.tap, cursor: st.tap.head, unseen: st.tap.unseen });
     }
     const v = new Viewer(res, sreq, subs);
     v.tokens = Math.max(1, sreq.rate * (this.#o.tickMs / 1000));
@@ -415,7 +419,7 @@ export class FrameStreams {
     const hub = this.#o.hubOf(bus);
     if (hub === undefined) return undefined;
     if (st === undefined || st.tap.hub !== hub) {
-      st = { tap: new FrameTap(hub, this.#o.tapCapacity), viewers: 0, names: new Map(), portsSeen: null };
+      st = { tap: new FrameTap(hub, this.#o.tapCapacity, this.#o.tapWindowBudget), viewers: 0 };
       this.#taps.set(bus, st);
     }
     return st;
@@ -444,16 +448,7 @@ export class FrameStreams {
   }
 
   #portName(bus: string, id: number): string {
-    const st = this.#taps.get(bus);
-    if (st === undefined) return `#${id}`;
-    const ports = st.tap.hub.ports();
-    if (st.portsSeen !== ports) {
-      st.portsSeen = ports;
-      for (const p of ports) st.names.set(p.id, p.name);
-      if (st.names.size > 4096) st.names = new Map(ports.map((p) => [p.id, p.name]));
-    }
-    if (id === 0) return 'bus';
-    return st.names.get(id) ?? `#${id}`;
+    return this.#taps.get(bus)?.tap.portName(id) ?? `#${id}`;
   }
 
   #matches(v: Viewer, bus: string, e: TapEntry): boolean {
@@ -483,6 +478,8 @@ export class FrameStreams {
       }
       this.#serve(v, now, dt);
     }
+    // Every viewer has read this window: the taps start the next one (a paused tap rejoins).
+    for (const st of this.#taps.values()) if (st.viewers > 0) st.tap.nextWindow();
   }
 
   #serve(v: Viewer, now: number, dt: number): void {
@@ -494,9 +491,12 @@ export class FrameStreams {
     for (let k = 0; k < v.subs.length; k++) {
       const s = v.subs[k]!;
       const tail = s.tap.tail;
-      if (s.cursor < tail) {
-        v.lost += tail - s.cursor;
-        this.stats.lost += tail - s.cursor;
+      // Lost: overwritten in the ring before this look, or put on the bus while the tap paused.
+      const lost = Math.max(0, tail - s.cursor) + (s.tap.unseen - s.unseen);
+      s.unseen = s.tap.unseen;
+      if (lost > 0) {
+        v.lost += lost;
+        this.stats.lost += lost;
       }
       s.cursor = s.tap.forEach(s.cursor, (e) => {
         if (!this.#matches(v, s.bus, e)) return;

@@ -7,6 +7,13 @@
  * Readers (the stream viewers) keep a sequence number and read at their own pace with `forEach`.
  * The tap is attached while someone reads (see FrameStreams) and detached after, so a daemon nobody
  * watches pays nothing.
+ *
+ * Sampling at the source: viewers are sent a few hundred frames per second, so during a flood the
+ * tap does not need every frame. It copies at most `windowBudget` entries per window (the streams'
+ * 100 ms tick calls `nextWindow()`); once the budget is used it leaves the bus until the next
+ * window, and the frames put on the bus meanwhile are counted `unseen` (from the bus's own frame
+ * counter). A flood then costs the bus one extra port for a few milliseconds per window instead of
+ * all the time; below the budget (about 40,000 frames/s by default) every frame is seen.
  */
 import type { CanErrorFrame } from '../../core/bus/can-error.js';
 import type { CanFrame } from '../../core/bus/can-frame.js';
@@ -58,6 +65,9 @@ export class FrameTap implements BusPortHandler {
   /** Sequence number of the next entry (= entries written since the tap was made). */
   #head = 0;
   #port: HubPort | null = null;
+  /** Port id -> name of every port seen on the bus while the tap was attached (see `portName`). */
+  #names = new Map<number, string>();
+  #portsSeen: readonly HubPort[] | null = null;
   readonly #entry: TapEntry = {
     seq: 0,
     id: 0,
@@ -69,11 +79,21 @@ export class FrameTap implements BusPortHandler {
   };
 
   /** `capacity` is rounded up to a power of two. */
-  constructor(hub: CanHub, capacity = DEFAULT_TAP_CAPACITY) {
+  /** Entries copied per window before the tap pauses (see the module comment). */
+  readonly windowBudget: number;
+  #name: string | null = null;
+  #windowCount = 0;
+  /** The bus's frame counter when the tap paused (-1: not paused). */
+  #pausedAt = -1;
+  #unseen = 0;
+
+  /** `capacity` is rounded up to a power of two; `windowBudget` defaults to half of it. */
+  constructor(hub: CanHub, capacity = DEFAULT_TAP_CAPACITY, windowBudget?: number) {
     let c = 16;
     while (c < capacity) c *= 2;
     this.hub = hub;
     this.capacity = c;
+    this.windowBudget = Math.max(1, Math.min(windowBudget ?? c >> 1, c));
     this.#mask = c - 1;
     this.#ids = new Uint32Array(c);
     this.#flags = new Uint8Array(c);
@@ -94,8 +114,19 @@ export class FrameTap implements BusPortHandler {
     return Math.max(0, this.#head - this.capacity);
   }
 
+  /** True from `attach` to `detach` (also while paused by the window budget). */
   get attached(): boolean {
-    return this.#port !== null;
+    return this.#name !== null;
+  }
+
+  /** Frames put on the bus while the tap was paused (never copied). */
+  get unseen(): number {
+    return this.#unseen;
+  }
+
+  /** True while the window's budget is used up and the tap is off the bus. */
+  get paused(): boolean {
+    return this.#pausedAt >= 0;
   }
 
   /** The hub port (null while detached). */
@@ -105,9 +136,31 @@ export class FrameTap implements BusPortHandler {
 
   /** Joins the bus as port `name` (idempotent). */
   attach(name: string): void {
-    if (this.#port !== null || this.hub.closed) return;
+    if (this.#name !== null) return;
+    this.#name = name;
+    this.#windowCount = 0;
+    this.#join();
+  }
+
+  detach(): void {
+    this.#name = null;
+    this.#leave();
+    this.#pausedAt = -1;
+  }
+
+  /** Starts a new window: the budget is renewed, and a paused tap joins the bus again. */
+  nextWindow(): void {
+    this.#windowCount = 0;
+    if (this.#pausedAt < 0 || this.#name === null) return;
+    this.#unseen += Math.max(0, this.hub.stats().frames - this.#pausedAt);
+    this.#pausedAt = -1;
+    this.#join();
+  }
+
+  #join(): void {
+    if (this.#port !== null || this.#name === null || this.hub.closed) return;
     this.#port = this.hub.attach(this, {
-      name,
+      name: this.#name,
       // The handler drains each frame at once: a small queue is enough, and frames are recycled.
       queueLimit: 64,
       releasesFrames: true,
@@ -115,7 +168,7 @@ export class FrameTap implements BusPortHandler {
     });
   }
 
-  detach(): void {
+  #leave(): void {
     this.#port?.detach();
     this.#port = null;
   }
@@ -123,13 +176,20 @@ export class FrameTap implements BusPortHandler {
   onFramesAvailable(): void {
     const port = this.#port;
     if (port === null) return;
+    this.#notePorts();
     for (let f = port.take(); f !== undefined; f = port.take()) {
       this.#push(f);
       port.release(f);
     }
+    if (++this.#windowCount >= this.windowBudget) {
+      // Budget used: off the bus until the next window (a handler may detach its own port).
+      this.#pausedAt = this.hub.stats().frames;
+      this.#leave();
+    }
   }
 
   onErrorFrame(e: CanErrorFrame): void {
+    this.#notePorts();
     const i = this.#head & this.#mask;
     this.#ids[i] = e.classBits >>> 0;
     this.#flags[i] = TapFlag.ERROR;
@@ -139,6 +199,30 @@ export class FrameTap implements BusPortHandler {
     this.#origins[i] = e.origin;
     this.#data.set(e.data.subarray(0, 8), i * SLOT_BYTES);
     this.#head++;
+  }
+
+  /**
+   * The name of port `id` (a sender): names are noted while frames arrive, so a port that sent and
+   * left at once (an API request's port) is still named. `#ID` for one never seen, `bus` for 0.
+   */
+  portName(id: number): string {
+    if (id === 0) return 'bus';
+    let name = this.#names.get(id);
+    if (name === undefined) {
+      this.#notePorts();
+      name = this.#names.get(id);
+    }
+    return name ?? `#${id}`;
+  }
+
+  /** Remembers the names of the bus's ports when its port list changed (no work otherwise). */
+  #notePorts(): void {
+    const ports = this.hub.ports();
+    if (ports === this.#portsSeen) return;
+    this.#portsSeen = ports;
+    // Bounded: a bus whose ports come and go for days keeps the current ones and the latest gone.
+    if (this.#names.size > 4096) this.#names = new Map();
+    for (const p of ports) this.#names.set(p.id, p.name);
   }
 
   #push(f: CanFrame): void {

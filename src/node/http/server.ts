@@ -363,6 +363,12 @@ export class HttpServer {
     }
 
     const path = url.pathname;
+    if (path === '/favicon.ico') {
+      this.#count(204);
+      res.writeHead(204, SECURITY_HEADERS);
+      res.end();
+      return;
+    }
     const file = this.#files.get(path);
     if (file !== undefined && (method === 'GET' || method === 'HEAD')) {
       this.#count(200);

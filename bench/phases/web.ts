@@ -1,0 +1,233 @@
+/**
+ * Phase web: what watching costs. The tp flood (classic8, 64 per kick, LATE_TX_ACK on) through a
+ * daemon without --http, beside the same flood through a daemon with --http, one monitor page's
+ * worth of requests (the frame stream with CANopen decoding at the page's default rate, plus the
+ * page's once-a-second polls of /api/buses, /api/faults and the chart history) and /metrics scraped
+ * every second. The page's requests come from an HTTP client in the bench process rather than a
+ * browser, so a browser's own CPU use does not blur the daemon's figures on a 2-core machine.
+ * Runs alternate (without, with, without, with...) so a drift of the machine's load hits both.
+ */
+import { request } from 'node:http';
+import { sleep } from '../lib/children.js';
+import { type Ctx, log } from '../lib/context.js';
+import type { DaemonProcess } from '../lib/daemon-process.js';
+import { flow } from '../lib/flow.js';
+import type { FlowResult, Results } from '../lib/results.js';
+import { fixed, int, pct, table } from '../lib/table.js';
+
+export interface WebLoadStats {
+  /** Frames the stream delivered, and the skipped count it reported. */
+  streamFrames: number;
+  streamSkipped: number;
+  /** Frames the tap's ring overwrote before the viewer looked (the flood outruns a 100 ms tick). */
+  streamLost: number;
+  scrapes: number;
+  /** Mean /metrics response time (ms) and body size (bytes). */
+  scrapeMs: number;
+  scrapeBytes: number;
+  polls: number;
+  errors: number;
+}
+
+export interface WebRun {
+  web: boolean;
+  flow: FlowResult;
+  load: WebLoadStats | null;
+}
+
+export interface WebResult {
+  runs: WebRun[];
+  /** Mean delivered frames/s without and with the web load, and the cost in percent. */
+  withoutPerS: number;
+  withPerS: number;
+  costPercent: number;
+}
+
+function urlOf(d: DaemonProcess): string {
+  for (const line of d.logLines()) {
+    const m = /"http":"(http:\/\/[^"]+)\/"/.exec(line);
+    if (m !== null) return m[1]!;
+  }
+  throw new Error('the daemon did not log its HTTP address');
+}
+
+function get(url: string): Promise<{ status: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const r = request(url, (res) => {
+      let bytes = 0;
+      res.on('data', (c: Buffer) => {
+        bytes += c.length;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes }));
+      res.on('error', reject);
+    });
+    r.on('error', reject);
+    r.setTimeout(5000, () => r.destroy(new Error('timeout')));
+    r.end();
+  });
+}
+
+/** One page's worth of requests and a Prometheus scraper, until the returned function is called. */
+async function startWebLoad(base: string, stats: WebLoadStats): Promise<() => Promise<void>> {
+  let stopped = false;
+  const stream = request(`${base}/api/stream?decode=canopen`, { headers: { Accept: 'text/event-stream' } });
+  const opened = new Promise<void>((resolve, reject) => {
+    stream.on('response', (res) => {
+      res.setEncoding('utf8');
+      let buf = '';
+      res.on('data', (chunk: string) => {
+        buf += chunk;
+        for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (block.startsWith('event: frame')) stats.streamFrames++;
+          else if (block.startsWith('event: stats')) {
+            const st = JSON.parse(block.slice(block.indexOf('data: ') + 6)) as {
+              skipped: number;
+              lost: number;
+            };
+            stats.streamSkipped = st.skipped;
+            stats.streamLost = st.lost;
+          } else if (block.includes('event: hello')) resolve();
+        }
+      });
+      res.on('error', () => {
+        if (!stopped) stats.errors++;
+      });
+    });
+    stream.on('error', (e) => {
+      if (!stopped) reject(e);
+    });
+  });
+  stream.end();
+  await opened;
+  const loop = async (): Promise<void> => {
+    let scrapeMs = 0;
+    let scrapeBytes = 0;
+    while (!stopped) {
+      const t0 = performance.now();
+      try {
+        const m = await get(`${base}/metrics`);
+        if (m.status !== 200) stats.errors++;
+        scrapeMs += performance.now() - t0;
+        scrapeBytes += m.bytes;
+        stats.scrapes++;
+        stats.scrapeMs = scrapeMs / stats.scrapes;
+        stats.scrapeBytes = scrapeBytes / stats.scrapes;
+        await Promise.all(
+          ['/api/buses', '/api/faults', '/api/buses/default/history'].map(async (p) => {
+            if ((await get(`${base}${p}`)).status !== 200) stats.errors++;
+            stats.polls++;
+          }),
+        );
+      } catch {
+        stats.errors++;
+      }
+      await sleep(Math.max(0, 1000 - (performance.now() - t0)));
+    }
+  };
+  const running = loop();
+  // Let the first scrape and polls happen before the measured window.
+  await sleep(300);
+  return async () => {
+    stopped = true;
+    stream.destroy();
+    await running;
+  };
+}
+
+export async function measureWeb(ctx: Ctx, res: Results): Promise<void> {
+  const pairs = ctx.cfg.quick ? 2 : 3;
+  const runs: WebRun[] = [];
+  for (let i = 0; i < pairs; i++) {
+    for (const web of [false, true]) {
+      log(
+        `web: flood classic8 64 per kick, ${web ? 'with a page and /metrics every second' : 'no --http'} (${i + 1}/${pairs})`,
+      );
+      await ctx.quietGate(ctx.cfg.gateMs);
+      const load: WebLoadStats | null = web
+        ? {
+            streamFrames: 0,
+            streamSkipped: 0,
+            streamLost: 0,
+            scrapes: 0,
+            scrapeMs: 0,
+            scrapeBytes: 0,
+            polls: 0,
+            errors: 0,
+          }
+        : null;
+      const f = await flow(ctx, {
+        mode: 'flood',
+        frame: 'classic8',
+        batch: 64,
+        lateTxAck: true,
+        senderQueue: ctx.cfg.queueSize,
+        receiverQueue: ctx.cfg.queueSize,
+        // Long enough for several scrapes in the window.
+        measureMs: Math.max(ctx.cfg.measureMs, 2500),
+        label: `web-${web ? 'on' : 'off'}-${i}`,
+        ...(web
+          ? {
+              daemonArgs: ['--http', '127.0.0.1:0'],
+              during: (d: DaemonProcess) => startWebLoad(urlOf(d), load!),
+            }
+          : {}),
+      });
+      runs.push({ web, flow: f, load });
+    }
+  }
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const without = mean(runs.filter((r) => !r.web).map((r) => r.flow.deliveredPerS));
+  const withWeb = mean(runs.filter((r) => r.web).map((r) => r.flow.deliveredPerS));
+  res.web = {
+    runs,
+    withoutPerS: Math.round(without),
+    withPerS: Math.round(withWeb),
+    costPercent: without > 0 ? Math.round((1000 * (without - withWeb)) / without) / 10 : 0,
+  };
+}
+
+/** Table 9. */
+export function reportWeb(res: Results, out: string[]): void {
+  const w = res.web;
+  if (!w) return;
+  out.push(
+    table(
+      '9. web monitor cost: tp flood (classic8, 64 per kick) without --http vs with a page open and /metrics every second',
+      [
+        'run',
+        'delivered/s',
+        'daemon CPU',
+        'stream frames',
+        'skipped',
+        'scrapes',
+        'scrape ms',
+        'scrape kB',
+        'polls',
+        'errors',
+        'other',
+      ],
+      w.runs.map((r) => [
+        r.web ? 'with web' : 'without',
+        int(r.flow.deliveredPerS),
+        pct(r.flow.cpu.perRole.daemon),
+        r.load ? int(r.load.streamFrames) : '-',
+        r.load ? int(r.load.streamSkipped) : '-',
+        r.load ? int(r.load.streamLost) : '-',
+        r.load ? int(r.load.scrapes) : '-',
+        r.load ? fixed(r.load.scrapeMs, 1) : '-',
+        r.load ? fixed(r.load.scrapeBytes / 1024, 1) : '-',
+        r.load ? int(r.load.polls) : '-',
+        r.load ? int(r.load.errors) : '-',
+        pct(r.flow.cpu.other),
+      ]),
+      [
+        `mean delivered/s: without ${int(w.withoutPerS)}, with ${int(w.withPerS)}: cost ${fixed(w.costPercent, 1)} % (goal < 5 %).`,
+        'The page is emulated by an HTTP client (the stream at its default 200 frames/s with CANopen decoding,',
+        'and its polls); stream frames, skipped and lost are the viewer counts over the whole run (lost: the',
+        "flood outran the tap's 8192-entry ring between two 100 ms looks).",
+      ],
+    ),
+  );
+}

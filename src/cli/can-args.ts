@@ -9,7 +9,7 @@ import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-re
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import { type BusSpec, busesOf } from '../node/can/can-daemon.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
-import { HTTP_OPTIONS, HTTP_OPTIONS_HELP, type HttpCliOptions, parseHttpOptions } from './http-args.js';
+import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -279,7 +279,7 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}${HTTP_OPTIONS_HELP}    --stats-interval SECONDS
+${portKindsHelp()}${httpOptionsHelp('the live monitor page', true)}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

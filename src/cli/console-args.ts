@@ -12,7 +12,7 @@ import {
   intOption,
   parseDaemonArgs,
 } from './common-args.js';
-import { HTTP_OPTIONS, HTTP_OPTIONS_HELP, type HttpCliOptions, parseHttpOptions } from './http-args.js';
+import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 
 export type ConsoleBackendName = 'nested' | 'network' | 'unix';
 
@@ -225,7 +225,7 @@ OPTIONS
     --no-size, --no-multiport, --no-emerg-write
         Do not offer VIRTIO_CONSOLE_F_SIZE, _F_MULTIPORT (then only the console port exists), or
         _F_EMERG_WRITE.
-${HTTP_OPTIONS_HELP}${COMMON_OPTIONS_HELP}
+${httpOptionsHelp('a status page', false)}${COMMON_OPTIONS_HELP}
 QEMU
     Start the daemon first, then QEMU (10.2 or newer has vhost-user-test-device-pci):
       qemu-system-x86_64 ... \\

@@ -18,16 +18,23 @@ export interface HttpCliOptions {
   tokenFile: string | null;
 }
 
-export const HTTP_OPTIONS_HELP = `    --http [ADDR:]PORT
-        Serve the live monitor page (/), Prometheus metrics (/metrics) and the control API
-        (/api/...) on ADDR:PORT (ADDR default 127.0.0.1; [::1]:PORT for IPv6; PORT 0 picks a free
-        port, logged at start). Only loopback addresses unless --http-token-file is given.
+/** The --help lines of the two options; `changes` for a daemon whose API can change things (CAN). */
+export function httpOptionsHelp(what: string, changes: boolean): string {
+  return `    --http [ADDR:]PORT
+        Serve ${what} (/), Prometheus metrics (/metrics) and a JSON API (/api/...)
+        on ADDR:PORT. ADDR defaults to 127.0.0.1 ([::1]:PORT for IPv6); PORT 0 picks a free port,
+        logged at start. Only loopback addresses unless --http-token-file is given.
     --http-token-file FILE
-        Every HTTP request must carry the token in FILE (first line): the header
-        "Authorization: Bearer TOKEN", or open the page once as http://ADDR:PORT/?token=TOKEN
-        (it then keeps a cookie). Required to bind a non-loopback ADDR. Changes (frames, faults)
-        are accepted only as JSON from the page's own origin, with or without a token.
-`;
+        Every HTTP request must carry the token in FILE (first line, 16 characters or more): the
+        header "Authorization: Bearer TOKEN", or open the page once as
+        http://ADDR:PORT/?token=TOKEN (it then keeps a cookie). Required for a non-loopback ADDR.
+${
+  changes
+    ? `        Changes (frames, faults) are accepted only as JSON from the page's own origin.
+`
+    : ''
+}`;
+}
 
 /** `--http` and `--http-token-file` from parsed values: null when absent, or a message. */
 export function parseHttpOptions(values: ArgValues): HttpCliOptions | null | string {

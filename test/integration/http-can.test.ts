@@ -243,6 +243,7 @@ test('/metrics: valid exposition text, counters and gauges that follow the traff
     port: 'guest0',
     fault: { kind: 'bus-state', state: 'bus-off' },
   });
+  await sse(t, `${web.url}/api/stream`); // the monitor's tap joins the bus
 
   const r = await req(`${web.url}/metrics`);
   assert.equal(r.status, 200);
@@ -285,6 +286,13 @@ test('/metrics: valid exposition text, counters and gauges that follow the traff
   assert.equal(sample(m, 'vhost_can_bus_error_frames_total', { bus: 'default' }), 1, 'the state change');
   assert.ok((sample(m, 'vhost_http_requests_total', { code: '201' }) ?? 0) >= 1);
   assert.ok(m.has('process_cpu_seconds_total'), 'process metrics are included');
+  assert.equal(sample(m, 'vhost_can_monitor_streams'), 1);
+  assert.equal(
+    sample(m, 'vhost_can_port_frames_total', { port: 'web-monitor' }),
+    undefined,
+    'no per-port series for the tap',
+  );
+  assert.equal(sample(m, 'vhost_can_bus_ports', { bus: 'default' }), 2);
   void b;
 });
 

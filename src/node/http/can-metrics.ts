@@ -175,9 +175,15 @@ export function canMetrics(
       for (const b of s.buses) e({ bus: b.name }, b.busLoad);
     },
   );
-  m.gauge('vhost_can_bus_ports', 'Ports attached to the bus.', ['bus'], (s, e) => {
-    for (const b of s.buses) e({ bus: b.name }, b.ports.length);
-  });
+  m.gauge(
+    'vhost_can_bus_ports',
+    "Ports attached to the bus (the monitor's own not counted).",
+    ['bus'],
+    (s, e) => {
+      for (const b of s.buses)
+        e({ bus: b.name }, b.ports.filter((p) => p.kind !== 'monitor' && p.kind !== 'api').length);
+    },
+  );
   m.gauge(
     'vhost_can_bus_connected_guests',
     'Guests on the bus with a connected front-end.',
@@ -187,7 +193,12 @@ export function canMetrics(
     },
   );
 
-  // ---- bus ports (guests, host interfaces, links, captures, replays, the monitor's own) ----
+  // ---- bus ports (guests, host interfaces, links, captures, replays) ----
+  // The monitor's own ports are left out: the tap rejoins the bus as a new port during floods and
+  // the API's port lives for one request, so their counters would restart all the time (the
+  // monitor has its own metrics below).
+  const own = (p: BusView['ports'][number]): boolean => p.kind === 'monitor' || p.kind === 'api';
+  const portsOf = (b: BusView): BusView['ports'] => b.ports.filter((p) => !own(p));
   const pl = (b: BusView, p: BusView['ports'][number]): Record<string, string> => ({
     bus: b.name,
     port: p.name,
@@ -199,7 +210,7 @@ export function canMetrics(
     ['bus', 'port', 'kind', 'dir'],
     (s, e) => {
       for (const b of s.buses)
-        for (const p of b.ports) {
+        for (const p of portsOf(b)) {
           e({ ...pl(b, p), dir: 'tx' }, p.stats.txFrames);
           e({ ...pl(b, p), dir: 'rx' }, p.stats.rxFrames);
         }
@@ -211,7 +222,7 @@ export function canMetrics(
     ['bus', 'port', 'kind', 'dir'],
     (s, e) => {
       for (const b of s.buses)
-        for (const p of b.ports) {
+        for (const p of portsOf(b)) {
           e({ ...pl(b, p), dir: 'tx' }, p.stats.txBytes);
           e({ ...pl(b, p), dir: 'rx' }, p.stats.rxBytes);
         }
@@ -223,7 +234,7 @@ export function canMetrics(
     ['bus', 'port', 'kind', 'reason'],
     (s, e) => {
       for (const b of s.buses)
-        for (const p of b.ports) {
+        for (const p of portsOf(b)) {
           e({ ...pl(b, p), reason: 'overflow' }, p.stats.rxDroppedOverflow);
           e({ ...pl(b, p), reason: 'filtered' }, p.stats.rxFiltered);
           e({ ...pl(b, p), reason: 'closed' }, p.stats.rxDiscardedClosed);
@@ -236,7 +247,7 @@ export function canMetrics(
     'Frames waiting in the port queue.',
     ['bus', 'port', 'kind'],
     (s, e) => {
-      for (const b of s.buses) for (const p of b.ports) e(pl(b, p), p.queued);
+      for (const b of s.buses) for (const p of portsOf(b)) e(pl(b, p), p.queued);
     },
   );
   m.gauge(
@@ -245,7 +256,7 @@ export function canMetrics(
     ['bus', 'port', 'kind', 'state'],
     (s, e) => {
       for (const b of s.buses)
-        for (const p of b.ports)
+        for (const p of portsOf(b))
           for (const st of BUS_STATES) e({ ...pl(b, p), state: snake(st) }, p.busState === st ? 1 : 0);
     },
   );

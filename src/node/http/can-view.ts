@@ -91,6 +91,7 @@ export function busViews(can: CanDaemon, only?: string): BusView[] {
   const out: BusView[] = [];
   for (const [name, spec] of can.buses) {
     if (only !== undefined && name !== only) continue;
+    if (!can.hubs.has(name)) continue; // the daemon stopped: do not create its buses again
     const hub = can.hubs.get(name);
     const st = hub.stats();
     const mine = guests.filter((g) => g.bus === name);

@@ -96,7 +96,8 @@ export function frameFromJson(v: unknown, where: string): CanFrame {
 }
 
 export async function startCanWeb(can: CanDaemon, opts: WebOptions): Promise<CanWeb> {
-  const hubOf = (name: string): CanHub | undefined => (can.buses.has(name) ? can.hubs.get(name) : undefined);
+  const hubOf = (name: string): CanHub | undefined =>
+    can.buses.has(name) && can.hubs.has(name) ? can.hubs.get(name) : undefined;
   const busNames = (): string[] => [...can.buses.keys()];
   const faults = new BusStateFaultControl(hubOf);
   const epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
@@ -107,7 +108,9 @@ export async function startCanWeb(can: CanDaemon, opts: WebOptions): Promise<Can
     tapName: MONITOR_PORT,
     ...opts.streams,
   });
-  const history = new BusHistory(() => new Map(busNames().map((n) => [n, can.hubs.get(n)])));
+  const history = new BusHistory(
+    () => new Map(busNames().flatMap((n) => (can.hubs.has(n) ? [[n, can.hubs.get(n)] as const] : []))),
+  );
   let server: HttpServer | null = null;
   const metrics = canMetrics(
     () => ({

@@ -7,7 +7,15 @@
  * browser, so a browser's own CPU use does not blur the daemon's figures on a 2-core machine.
  * Runs alternate (without, with, without, with...) so a drift of the machine's load hits both.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeCanFrame } from '../../src/core/bus/can-frame.js';
+import { nullLogger } from '../../src/core/util/log.js';
+import { startCanDaemon } from '../../src/node/can/can-daemon.js';
+import { startCanWeb } from '../../src/node/http/can-web.js';
 import { sleep } from '../lib/children.js';
 import { type Ctx, log } from '../lib/context.js';
 import type { DaemonProcess } from '../lib/daemon-process.js';
@@ -35,8 +43,21 @@ export interface WebRun {
   load: WebLoadStats | null;
 }
 
+/** The in-process measurement: CPU per frame through the bus alone, and with the web load. */
+export interface WebInProcess {
+  rounds: number;
+  /** Median CPU ns per frame without and with a stream viewer and a scraper (other processes). */
+  plainNsPerFrame: number;
+  webNsPerFrame: number;
+  addedNsPerFrame: number;
+  /** Frames per second the single producer reached (medians). */
+  plainPerS: number;
+  webPerS: number;
+}
+
 export interface WebResult {
   runs: WebRun[];
+  inProcess: WebInProcess | null;
   /** Mean delivered frames/s without and with the web load, and the cost in percent. */
   withoutPerS: number;
   withPerS: number;
@@ -189,16 +210,104 @@ export async function measureWeb(ctx: Ctx, res: Results): Promise<void> {
   const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const without = mean(runs.filter((r) => !r.web).map((r) => r.flow.deliveredPerS));
   const withWeb = mean(runs.filter((r) => r.web).map((r) => r.flow.deliveredPerS));
+  const inProcess = await measureInProcess(ctx);
   const nsWithout = mean(runs.filter((r) => !r.web).map((r) => nsPerFrame(r.flow)));
   const nsWith = mean(runs.filter((r) => r.web).map((r) => nsPerFrame(r.flow)));
   res.web = {
     runs,
+    inProcess,
     withoutPerS: Math.round(without),
     withPerS: Math.round(withWeb),
     costPercent: without > 0 ? Math.round((1000 * (without - withWeb)) / without) / 10 : 0,
     withoutNsPerFrame: Math.round(nsWithout),
     withNsPerFrame: Math.round(nsWith),
     cpuCostPercent: nsWithout > 0 ? Math.round((1000 * (nsWith - nsWithout)) / nsWithout) / 10 : 0,
+  };
+}
+
+const median = (xs: number[]): number => {
+  const a = [...xs].sort((x, y) => x - y);
+  return a.length === 0 ? Number.NaN : a[a.length >> 1]!;
+};
+
+/**
+ * The bus's own cost per frame in this process (a producer port, a receiving port that consumes
+ * every frame as a guest's device does), in alternating 1 s rounds: alone, then with a frame stream
+ * open (curl, the page's default rate, CANopen decoding) and /metrics scraped every second (curl):
+ * process CPU time per frame, so the viewers' own CPU (other processes) is not counted, and a
+ * busy machine moves both kinds of rounds alike. The daemon's guests and virtio rings are not in it:
+ * the added ns are what the web side costs per frame; the flood rows above give the daemon's whole
+ * cost per frame to compare with.
+ */
+async function measureInProcess(ctx: Ctx): Promise<WebInProcess | null> {
+  const dir = mkdtempSync(join(tmpdir(), 'vdc-bench-web-'));
+  const can = startCanDaemon({ paths: [join(dir, 'can.sock0')], native: ctx.native, log: nullLogger });
+  const web = await startCanWeb(can, { host: '127.0.0.1', port: 0, log: nullLogger, version: 'bench' });
+  const hub = can.hubs.get('default');
+  const rx = hub.attach(
+    {
+      onFramesAvailable() {
+        for (let f = rx.take(); f !== undefined; f = rx.take()) rx.release(f);
+      },
+    },
+    { name: 'consumer', releasesFrames: true },
+  );
+  const tx = hub.attach({ onFramesAvailable() {} }, { name: 'producer' });
+  tx.setReceiving(false);
+  const frame = makeCanFrame({ id: 0x181, data: [1, 2, 3, 4, 5, 6, 7, 8] });
+  const rounds = ctx.cfg.quick ? 6 : 10;
+  const plain: { ns: number; perS: number }[] = [];
+  const withWeb: { ns: number; perS: number }[] = [];
+  const round = async (): Promise<{ ns: number; perS: number }> => {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    let n = 0;
+    while (performance.now() - t0 < 1000) {
+      for (let i = 0; i < 2000; i++) tx.transmit(frame);
+      n += 2000;
+      await new Promise((r) => setImmediate(r));
+    }
+    const c = process.cpuUsage(c0);
+    const wall = (performance.now() - t0) / 1000;
+    return { ns: ((c.user + c.system) * 1000) / n, perS: n / wall };
+  };
+  const kids: ChildProcess[] = [];
+  try {
+    for (let r = 0; r < rounds; r++) {
+      const on = r % 2 === 1;
+      if (on) {
+        kids.push(
+          spawn('curl', ['-sN', '-o', '/dev/null', `${web.url}/api/stream?decode=canopen`], {
+            stdio: 'ignore',
+          }),
+          spawn('sh', ['-c', `while :; do curl -s -o /dev/null ${web.url}/metrics; sleep 1; done`], {
+            stdio: 'ignore',
+          }),
+        );
+        await sleep(300);
+      }
+      (on ? withWeb : plain).push(await round());
+      for (const k of kids.splice(0)) k.kill('SIGKILL');
+      await sleep(200);
+    }
+  } catch (err) {
+    log(`web in-process: ${(err as Error).message}`);
+    return null;
+  } finally {
+    for (const k of kids) k.kill('SIGKILL');
+    web.close();
+    can.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const p = median(plain.map((x) => x.ns));
+  const w = median(withWeb.map((x) => x.ns));
+  return {
+    rounds,
+    plainNsPerFrame: Math.round(p),
+    webNsPerFrame: Math.round(w),
+    addedNsPerFrame: Math.round(w - p),
+    plainPerS: Math.round(median(plain.map((x) => x.perS))),
+    webPerS: Math.round(median(withWeb.map((x) => x.perS))),
   };
 }
 
@@ -245,6 +354,13 @@ export function reportWeb(res: Results, out: string[]): void {
         'The page is emulated by an HTTP client (the stream at its default 200 frames/s with CANopen decoding,',
         'and its polls); stream frames, skipped and lost are the viewer counts over the whole run (lost: frames the',
         "monitor's tap sat out during the flood, sampling at the source, or its ring overwrote).",
+        ...(w.inProcess === null
+          ? []
+          : [
+              `In process (bus alone, ${w.inProcess.rounds} alternating 1 s rounds, medians): ${int(w.inProcess.plainNsPerFrame)} ns CPU per frame alone,`,
+              `${int(w.inProcess.webNsPerFrame)} ns with a stream and a scraper: ${w.inProcess.addedNsPerFrame >= 0 ? '+' : ''}${int(w.inProcess.addedNsPerFrame)} ns per frame (${int(w.inProcess.plainPerS)} vs ${int(w.inProcess.webPerS)} frames/s);`,
+              `against the daemon's ${int(w.withoutNsPerFrame)} ns per delivered frame above: ${fixed((100 * w.inProcess.addedNsPerFrame) / Math.max(1, w.withoutNsPerFrame), 1)} %.`,
+            ]),
       ],
     ),
   );

@@ -17,6 +17,8 @@
  *   prof   the tp 8-byte / 64-per-kick scenario with the daemon under --cpu-prof; top self time.
  *   socketcand  frames/s over a socketcand link between two daemons on loopback (bench/phases/
  *          socketcand.ts), daemon CPU per frame, beside the in-process bus.
+ *   web    the tp flood without --http beside the same flood with one monitor page's requests and
+ *          /metrics scraped every second (the cost of watching).
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
@@ -40,6 +42,7 @@ import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
 import { measureSocketcand, reportSocketcand } from './phases/socketcand.js';
 import { measureTp, reportTp } from './phases/tp.js';
+import { measureWeb, reportWeb } from './phases/web.js';
 
 // ---- configuration --------------------------------------------------------------------------------
 
@@ -88,7 +91,16 @@ function parseConfig(argv: readonly string[]): Config | null {
       idleMs: quick ? 3000 : 10_000,
     },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000, socketcand: 60_000 }
+      ? {
+          tp: 120_000,
+          rx: 60_000,
+          lat: 60_000,
+          scale: 60_000,
+          prof: 60_000,
+          con: 60_000,
+          socketcand: 60_000,
+          web: 90_000,
+        }
       : {
           tp: 420_000,
           rx: 150_000,
@@ -97,6 +109,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           prof: 90_000,
           con: 120_000,
           socketcand: 90_000,
+          web: 150_000,
         },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
@@ -128,6 +141,7 @@ function report(res: Results): string {
   reportProf(res, out);
   reportCon(res, out);
   reportSocketcand(res, out);
+  reportWeb(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -136,6 +150,7 @@ function report(res: Results): string {
     ...res.scale,
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
+    ...(res.web?.runs.map((r) => r.flow) ?? []),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -201,6 +216,7 @@ async function main(): Promise<number> {
     memory: [],
     profile: null,
     con: null,
+    web: null,
     errors: [],
     notes: [],
   };
@@ -216,6 +232,7 @@ async function main(): Promise<number> {
     prof: measureProf,
     con: measureCon,
     socketcand: measureSocketcand,
+    web: measureWeb,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

@@ -34,6 +34,9 @@ export {
 export { CanTestDriver } from './node/frontend/can-driver.js';
 export { VhostUserFrontend } from './node/frontend/frontend.js';
 export { GuestRam } from './node/frontend/guest-ram.js';
+export { type CanWeb, startCanWeb, type WebOptions } from './node/http/can-web.js';
+export { type ConsoleWeb, startConsoleWeb } from './node/http/console-web.js';
+export type { FaultControl, PortFault } from './node/http/fault-control.js';
 export { StructuredLogger } from './node/log.js';
 export { type RngDaemon, type RngDaemonOptions, startRngDaemon } from './node/rng/rng-daemon.js';
 export { VhostUserDaemon } from './node/vhost-user/daemon.js';

@@ -1,10 +1,10 @@
 /**
  * What the benchmark runs: a private compiled snapshot of the repository.
  *
- * src/ and bench/ are compiled with tsc into a temporary directory, and the native addon and
- * package.json are copied next to the output (the compiled addon.js finds the addon three
- * directories up, as it does from dist/). The daemon, the load processes and the orchestrator's own
- * socketpairs then all use that snapshot:
+ * src/ and bench/ are compiled with tsc into a temporary directory, and the native addon,
+ * package.json and the monitor page (web/) are copied next to the output, node_modules linked (the
+ * compiled addon.js finds the addon three directories up, as it does from dist/). The daemon, the
+ * load processes and the orchestrator's own socketpairs then all use that snapshot:
  * - the daemon runs compiled JS, as in production (`node .../src/cli/vhost-device-can.js`);
  * - the load processes run compiled JS too, without tsx;
  * - other people rebuilding dist/ or build/Release (node-gyp removes the addon while it builds) or
@@ -14,7 +14,15 @@
  * the note says so. `--tsx` skips all this and runs the TypeScript sources through tsx.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -123,6 +131,10 @@ export async function prepareBuild(opts: {
   mkdirSync(join(out, 'build/Release'), { recursive: true });
   copyFileSync(addon, join(out, ADDON_REL));
   copyFileSync(join(REPO_ROOT, 'package.json'), join(out, 'package.json'));
+  // Runtime dependencies (prom-client, uplot) resolve from the snapshot as from dist/, and the
+  // monitor page's files sit where the compiled server looks for them.
+  symlinkSync(join(REPO_ROOT, 'node_modules'), join(out, 'node_modules'), 'dir');
+  cpSync(join(REPO_ROOT, 'web'), join(out, 'web'), { recursive: true });
   const bad = daemonStarts([daemonEntry]) ?? daemonStarts([consoleEntry]);
   if (bad !== null) {
     throw new Error(`the compiled daemon does not start: ${bad}${errors ? ` (tsc: ${errors})` : ''}`);

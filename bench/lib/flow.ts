@@ -1,6 +1,7 @@
 /** One guest -> guest flow through a fresh daemon (the tp, rx, lat and prof phases). */
 import { sleep } from './children.js';
 import { type Ctx, FRAMES, type FrameName, perS, r1 } from './context.js';
+import type { DaemonProcess } from './daemon-process.js';
 import { cpuShares, guestDelta, saturation, seconds, snapshot, socketDelta } from './harness.js';
 import type { FlowResult, LoadMode } from './results.js';
 
@@ -13,11 +14,18 @@ export interface FlowOptions {
   receiverQueue: number;
   measureMs: number;
   nodeFlags?: string[];
+  /** Extra daemon arguments (e.g. --http 127.0.0.1:0). */
+  daemonArgs?: string[];
+  /**
+   * Started after the warm-up, before the measured window (with the running daemon); the function it
+   * returns is called after the window.
+   */
+  during?: (d: DaemonProcess) => Promise<() => Promise<void>>;
   label: string;
 }
 
 export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
-  const d = await ctx.daemon(2, o.label, o.nodeFlags);
+  const d = await ctx.daemon(2, o.label, o.nodeFlags, o.daemonArgs);
   const { a, b } = ctx;
   try {
     await Promise.all([
@@ -44,9 +52,11 @@ export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
       batch: o.batch,
     });
     await sleep(ctx.cfg.warmMs);
+    const endDuring = o.during === undefined ? null : await o.during(d);
     const s0 = await snapshot(d, [a, b]);
     await sleep(o.measureMs);
     const s1 = await snapshot(d, [a, b]);
+    await endDuring?.();
     const stop = await a.call('flood-stop', { keys: ['s'] }, 15_000);
     await sleep(100);
     const end = await d.stats();

@@ -1,6 +1,7 @@
 /** The shapes of the benchmark's results (bench/results/*.json). */
 
 import type { ScdRow } from '../phases/socketcand.js';
+import type { WebResult } from '../phases/web.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
 import type { FrameName } from './context.js';
 import type { CpuShares } from './harness.js';
@@ -110,6 +111,7 @@ export interface Results {
   con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
   /** Phase socketcand (bench/phases/socketcand.ts). */
   socketcand?: ScdRow[];
+  web: WebResult | null;
   errors: { phase: string; error: string }[];
   notes: string[];
 }

@@ -10,6 +10,7 @@ import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import { type BusSpec, busesOf, type CanDaemonOptions } from '../node/can/can-daemon.js';
 import { parseCidr, parseHostPort } from '../node/net/addresses.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
+import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -28,6 +29,8 @@ export interface CanCliOptions extends CommonOptions {
   portOptions: Record<string, string | boolean | undefined>;
   /** --socketcand-listen and its options; null without it. */
   socketcand: NonNullable<CanDaemonOptions['socketcand']> | null;
+  /** --http (the monitor, metrics and API), null when absent. */
+  http: HttpCliOptions | null;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -86,6 +89,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     argv,
     {
       ...kindOptions,
+      ...HTTP_OPTIONS,
       link: { type: 'string', multiple: true },
       capture: { type: 'string', multiple: true },
       replay: { type: 'string', multiple: true },
@@ -184,6 +188,8 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
   if (typeof rcvbuf === 'string') return { kind: 'error', message: rcvbuf };
   const socketcand = parseSocketcandOptions(values);
   if (typeof socketcand === 'string') return { kind: 'error', message: socketcand };
+  const http = parseHttpOptions(values);
+  if (typeof http === 'string') return { kind: 'error', message: http };
   return {
     kind: 'run',
     options: {
@@ -196,6 +202,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       ports,
       portOptions,
       socketcand,
+      http,
     },
   };
 }
@@ -336,6 +343,7 @@ ${portKindsHelp()}    --socketcand-listen ADDR:PORT
         Error frame classes (linux/can/error.h class bits) sent to raw-mode clients as
         < error ... > unless they choose with < errormask HEX >. Default 0: none.
     --stats-interval SECONDS
+${portKindsHelp()}${httpOptionsHelp('the live monitor page', true)}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

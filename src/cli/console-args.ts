@@ -12,6 +12,7 @@ import {
   intOption,
   parseDaemonArgs,
 } from './common-args.js';
+import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 
 export type ConsoleBackendName = 'nested' | 'network' | 'unix';
 
@@ -29,6 +30,8 @@ export interface ConsoleCliOptions extends CommonOptions {
   legacyResizeOrder: boolean;
   cols: number;
   rows: number;
+  /** --http (status page, metrics), null when absent. */
+  http: HttpCliOptions | null;
 }
 
 export type ConsoleCliResult = { kind: 'run'; options: ConsoleCliOptions } | EarlyResult;
@@ -41,6 +44,7 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
   const common = parseDaemonArgs(
     argv,
     {
+      ...HTTP_OPTIONS,
       backend: { type: 'string', short: 'b' },
       'tcp-port': { type: 'string', short: 'p' },
       'tcp-host': { type: 'string' },
@@ -133,6 +137,8 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
   if (typeof cols === 'string') return { kind: 'error', message: cols };
   const rows = intOption(values.rows as string | undefined, 'rows', 1, 65535, 24);
   if (typeof rows === 'string') return { kind: 'error', message: rows };
+  const http = parseHttpOptions(values);
+  if (typeof http === 'string') return { kind: 'error', message: http };
 
   return {
     kind: 'run',
@@ -151,6 +157,7 @@ export function parseConsoleArgs(argv: readonly string[]): ConsoleCliResult {
       legacyResizeOrder: Boolean(values['legacy-resize-order']),
       cols,
       rows,
+      http,
     },
   };
 }
@@ -218,7 +225,7 @@ OPTIONS
     --no-size, --no-multiport, --no-emerg-write
         Do not offer VIRTIO_CONSOLE_F_SIZE, _F_MULTIPORT (then only the console port exists), or
         _F_EMERG_WRITE.
-${COMMON_OPTIONS_HELP}
+${httpOptionsHelp('a status page', false)}${COMMON_OPTIONS_HELP}
 QEMU
     Start the daemon first, then QEMU (10.2 or newer has vhost-user-test-device-pci):
       qemu-system-x86_64 ... \\

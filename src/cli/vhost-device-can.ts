@@ -4,9 +4,11 @@
  * handles the rest: help, exit codes, statistics, signals).
  */
 import { busName, startCanDaemon } from '../node/can/can-daemon.js';
+import { type CanWeb, startCanWeb } from '../node/http/can-web.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
-import { main } from './run-daemon.js';
+import { readHttpToken } from './http-args.js';
+import { main, packageVersion } from './run-daemon.js';
 
 main<CanCliOptions>({
   name: 'vhost-device-can',
@@ -14,6 +16,9 @@ main<CanCliOptions>({
   help: CAN_HELP,
   parse: parseCanArgs,
   async start(o, log) {
+    // The token first: a bad token file fails start-up before any socket exists.
+    const tokenFile = o.http?.tokenFile ?? null;
+    const token = tokenFile === null ? null : readHttpToken(tokenFile, log);
     const can = startCanDaemon({
       paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
       ...(o.fd === null ? {} : { listenFds: [o.fd] }),
@@ -37,7 +42,29 @@ main<CanCliOptions>({
         throw err;
       }
     }
-    return { stats: () => formatStats(can), stop: () => can.stop() };
+    let web: CanWeb | null = null;
+    if (o.http !== null) {
+      try {
+        web = await startCanWeb(can, {
+          host: o.http.host,
+          port: o.http.port,
+          token,
+          log: log.child({ http: `${o.http.host}:${o.http.port}` }),
+          version: packageVersion(),
+        });
+      } catch (err) {
+        can.stop();
+        throw err;
+      }
+    }
+    return {
+      stats: () => formatStats(can),
+      stop: () => {
+        web?.close();
+        can.stop();
+      },
+      ...(web === null ? {} : { started: { http: `${web.url}/` } }),
+    };
   },
   describe: (o) => ({
     sockets: o.socketCount,

@@ -18,6 +18,8 @@
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
+ *   net    guest -> guest over a network link (cannelloni) between two daemons on loopback, frames/s
+ *          and daemon CPU per frame, beside the in-process bus.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  * Layout: this file parses the options, runs the phases and writes the results; each phase's
  * measurements and its tables are in bench/phases/<phase>.ts, shared pieces in bench/lib.
@@ -33,6 +35,7 @@ import type { Results } from './lib/results.js';
 import { writeJson } from './lib/write-json.js';
 import { measureCon, reportCon } from './phases/con.js';
 import { measureLat, reportLat } from './phases/lat.js';
+import { measureNet, reportNet } from './phases/net.js';
 import { measureProf, reportProf } from './phases/prof.js';
 import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
@@ -85,8 +88,8 @@ function parseConfig(argv: readonly string[]): Config | null {
       idleMs: quick ? 3000 : 10_000,
     },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000 }
-      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000 },
+      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000, net: 90_000 }
+      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000, net: 180_000 },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
   };
@@ -116,6 +119,7 @@ function report(res: Results): string {
   reportScale(res, out);
   reportProf(res, out);
   reportCon(res, out);
+  reportNet(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -124,6 +128,8 @@ function report(res: Results): string {
     ...res.scale,
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
+    ...res.net,
+    ...res.netBus,
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -189,6 +195,8 @@ async function main(): Promise<number> {
     memory: [],
     profile: null,
     con: null,
+    net: [],
+    netBus: [],
     errors: [],
     notes: [],
   };
@@ -203,6 +211,7 @@ async function main(): Promise<number> {
     scale: measureScale,
     prof: measureProf,
     con: measureCon,
+    net: measureNet,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

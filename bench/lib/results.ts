@@ -1,4 +1,5 @@
 /** The shapes of the benchmark's results (bench/results/*.json). */
+import type { NetResult } from '../phases/net.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
 import type { FrameName } from './context.js';
 import type { CpuShares } from './harness.js';
@@ -106,6 +107,9 @@ export interface Results {
   memory: MemoryRow[];
   profile: (ProfileSummary & { flow: FlowResult }) | null;
   con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
+  /** Phase net: links between two daemons, and the in-process bus beside them. */
+  net: NetResult[];
+  netBus: FlowResult[];
   errors: { phase: string; error: string }[];
   notes: string[];
 }

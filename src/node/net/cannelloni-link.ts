@@ -92,7 +92,9 @@ export interface CannelloniLinkCounters {
   txDatagrams: number;
   txBytes: number;
   txKeepalives: number;
+  /** Datagrams the kernel refused to send, and the frames in them (also counted in txFrames). */
   txSendErrors: number;
+  txFailedFrames: number;
   /** Classic frames whose raw DLC 9..15 (len8Dlc) the format cannot carry: sent as DLC 8. */
   txLen8Dlc: number;
   rxFrames: number;
@@ -154,6 +156,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
       txBytes: 0,
       txKeepalives: 0,
       txSendErrors: 0,
+      txFailedFrames: 0,
       txLen8Dlc: 0,
       rxFrames: 0,
       rxDatagrams: 0,
@@ -345,9 +348,11 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     this.#batcher.request();
   }
 
-  readonly #onSent = (err: Error | null): void => {
+  /** A datagram of `frames` frames left (or did not: the kernel refused it, e.g. a pending ICMP error). */
+  #sent(err: Error | null, frames: number): void {
     if (err) {
       this.counters.txSendErrors++;
+      this.counters.txFailedFrames += frames;
       if (!this.#closed && this.#bound) this.#failed(err as NodeJS.ErrnoException);
       return;
     }
@@ -355,7 +360,9 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     if (this.#batcher.waiting && s !== null && s.getSendQueueCount() <= MAX_QUEUED_DATAGRAMS / 2) {
       this.#batcher.kick();
     }
-  };
+  }
+
+  readonly #onKeepaliveSent = (err: Error | null): void => this.#sent(err, 0);
 
   /** Packs what the port queued into datagrams, in order. */
   #flush(): 'done' | 'retry' {
@@ -380,7 +387,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
       }
       writeCannelloniHeader(buf, this.#seq, count);
       this.#seq = (this.#seq + 1) & 0xff;
-      s.send(buf, 0, off, this.#onSent);
+      s.send(buf, 0, off, (err) => this.#sent(err, count));
       c.txFrames += count;
       c.txDatagrams++;
       c.txBytes += off;
@@ -395,7 +402,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     const buf = Buffer.allocUnsafe(CANNELLONI_HEADER_SIZE);
     writeCannelloniHeader(buf, this.#seq, 0);
     this.#seq = (this.#seq + 1) & 0xff;
-    s.send(buf, 0, CANNELLONI_HEADER_SIZE, this.#onSent);
+    s.send(buf, 0, CANNELLONI_HEADER_SIZE, this.#onKeepaliveSent);
     this.counters.txKeepalives++;
     this.counters.txBytes += CANNELLONI_HEADER_SIZE;
     this.#lastTx = performance.now();

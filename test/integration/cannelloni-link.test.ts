@@ -339,3 +339,32 @@ test('a local port in use: down with the reason, retried until it is free', asyn
   await waitStat(d.can, 'state', (v) => v === 'up', 8000);
   assert.ok((statOf(d.can, 'attempts') as number) >= 2);
 });
+
+test('a failing port elsewhere on the bus is counted and logged, the link keeps serving', async (t) => {
+  const [pLink, pPeer] = await freePorts(2);
+  const peer = await rawPeer(t, pPeer!);
+  const d = startTestDaemon(t, {
+    ports: [
+      { kind: 'link', bus: 'default', value: `cannelloni://127.0.0.1:${pPeer}?local=127.0.0.1:${pLink}` },
+    ],
+  });
+  await waitStat(d.can, 'state', (v) => v === 'up');
+  let fail = true;
+  const bad = d.can.hubs.get('default').attach(
+    {
+      onFramesAvailable() {
+        while (bad.take() !== undefined) {}
+        if (fail) throw new Error('boom');
+      },
+    },
+    { name: 'bad' },
+  );
+  t.after(() => bad.detach());
+  const good = hostPort(t, d.can.hubs.get('default'), 'good');
+  await send(peer, hex('02 00 00 0001 00000001 01 01'), pLink!);
+  await waitStat(d.can, 'rxErrors', (v) => v === 1);
+  fail = false;
+  await send(peer, hex('02 00 01 0001 00000002 01 02'), pLink!);
+  await waitFor('the next frame', () => (good.frames().length === 2 ? true : undefined));
+  assert.equal(statOf(d.can, 'rxFrames'), 2);
+});

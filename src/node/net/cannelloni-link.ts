@@ -109,6 +109,8 @@ export interface CannelloniLinkCounters {
   /** Frames skipped inside sound datagrams (the sum of the rxSkip* counters). */
   rxSkipped: number;
   rxPadded: number;
+  /** Frames whose delivery to the bus threw (another port's handler failed; logged). */
+  rxErrors: number;
   [reason: string]: number;
 }
 
@@ -168,6 +170,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
       rxMalformed: 0,
       rxSkipped: 0,
       rxPadded: 0,
+      rxErrors: 0,
     };
     for (const e of CANNELLONI_DATAGRAM_ERRORS) counters[`rxBad${cap(camel(e))}`] = 0;
     for (const e of CANNELLONI_FRAME_ERRORS) counters[`rxSkip${cap(camel(e))}`] = 0;
@@ -411,7 +414,16 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
   // ---- peer -> bus -----------------------------------------------------------------------------
 
   readonly #onFrame = (f: CanFrame): void => {
-    this.port.transmit(f);
+    try {
+      this.port.transmit(f);
+    } catch (err) {
+      // Not this link's fault: another port's handler threw during the fan-out (the frame still
+      // reached the others). Counted and logged rather than thrown out of a socket callback.
+      this.counters.rxErrors++;
+      this.#warn('error', 'a port of the bus failed while a frame from the link was delivered', {
+        reason: (err as Error).message,
+      });
+    }
   };
 
   readonly #onBadFrame = (reason: CannelloniFrameError): void => {

@@ -368,3 +368,16 @@ test('a failing port elsewhere on the bus is counted and logged, the link keeps 
   await waitFor('the next frame', () => (good.frames().length === 2 ? true : undefined));
   assert.equal(statOf(d.can, 'rxFrames'), 2);
 });
+
+test('a host name is looked up when the link binds', async (t) => {
+  const [pLink, pPeer] = await freePorts(2);
+  const peer = await rawPeer(t, pPeer!);
+  const d = startTestDaemon(t, {
+    ports: [
+      { kind: 'link', bus: 'default', value: `cannelloni://localhost:${pPeer}?local=127.0.0.1:${pLink}` },
+    ],
+  });
+  await waitStat(d.can, 'state', (v) => v === 'up');
+  await waitFor('the bind keepalive', () => (peer.got.length >= 1 ? true : undefined));
+  assert.equal(statOf(d.can, 'peer'), `localhost:${pPeer}`);
+});

@@ -230,7 +230,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
         (err: Error) => {
           this.#binding = false;
           this.#closeSockets();
-          if (!this.#closed) this.#down('socket', `cannot bind ${this.#local}: ${err.message}`);
+          if (!this.#closed) this.#down('socket', err.message);
         },
       );
       return;
@@ -254,9 +254,12 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     const { localAddress: addr, localPort: port } = this.#spec;
     // The two sockets below share the port (SO_REUSEADDR); a socket without it first makes sure
     // no one else holds it (another daemon with the same local port would otherwise share it).
+    const cannotBind = (err: Error): Error => new Error(`cannot bind ${this.#local}: ${err.message}`);
     const check = createSocket({ type });
     try {
-      await bindSocket(check, port, addr);
+      await bindSocket(check, port, addr).catch((err: Error) => {
+        throw cannotBind(err);
+      });
     } finally {
       closeQuietly(check);
     }
@@ -271,10 +274,12 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     sock.on('message', (msg) => {
       if (this.#sock === sock) this.#onDatagram(msg);
     });
-    await bindSocket(sock, port, addr);
+    await bindSocket(sock, port, addr).catch((err: Error) => {
+      throw cannotBind(err);
+    });
     await new Promise<void>((resolve, reject) => {
       sock.connect(this.#spec.remotePort, this.#spec.remoteHost, ((err?: Error) =>
-        err ? reject(err) : resolve()) as () => void);
+        err ? reject(new Error(`cannot address ${this.#peer}: ${err.message}`)) : resolve()) as () => void);
     });
     const guard = createSocket({ type, reuseAddr: true });
     this.#guard = guard;
@@ -282,7 +287,9 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
       /* it only counts strangers; its errors do not concern the peer */
     });
     guard.on('message', (_msg, rinfo) => this.#onForeign(hostPort(rinfo.address, rinfo.port)));
-    await bindSocket(guard, port, addr);
+    await bindSocket(guard, port, addr).catch((err: Error) => {
+      throw cannotBind(err);
+    });
   }
 
   #closeSockets(): void {

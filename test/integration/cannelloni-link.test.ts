@@ -246,6 +246,12 @@ test('against a raw peer: exact datagrams out, every kind of malformed datagram 
   await waitFor('the frame out', () => (peer.got.length > before ? true : undefined));
   assert.match(peer.got.at(-1)!.toString('hex'), /^0200..000100000078\d\d78$/);
   assert.equal(statOf(d.can, 'txSendErrors'), 0);
+
+  // The peer restarts while the link stays up: its numbers start at 0 again. Three datagrams that
+  // look late, then the link follows the new sequence (no datagram counted lost).
+  for (const sq of ['00', '01', '02', '03', '04']) await send(peer, hex(`02 00 ${sq} 0000`), pLink!);
+  await waitStat(d.can, 'rxKeepalives', (v) => v === 7);
+  assert.deepEqual([statOf(d.can, 'rxOutOfOrder'), statOf(d.can, 'rxLost')], [4, 2]);
 });
 
 test('peer gone (ICMP refusal) -> down, frames dropped and counted; peer back -> up, traffic resumes', async (t) => {

@@ -30,7 +30,8 @@
  * Sequence numbers: each datagram carries the next one (wrapping at 256). A jump forward of 1..127
  * counts the datagrams in between as lost (`rxLost`); anything else counts as out of order
  * (`rxOutOfOrder`, still delivered). Counting restarts after the link was down (a restarted peer
- * starts at 0 again).
+ * starts at 0 again), and after three datagrams in a row that looked late (a peer that restarted
+ * while the link stayed up).
  *
  * Loops: the hub never hands a frame back to the port it came from, so a frame from the peer is
  * never sent back to it. Links must form a tree (A-B, B-C); a cycle (A-B, B-C, C-A) would circulate
@@ -63,6 +64,8 @@ const DEFAULT_TX_BACKLOG = 8192;
 const PROBE_WAIT_MS = 200;
 /** Requested socket buffers (the kernel caps them at net.core.rmem_max / wmem_max). */
 const SOCKET_BUFFER = 4 << 20;
+/** Datagrams in a row that look late after which the sequence is followed again. */
+const RESYNC_AFTER = 3;
 /** A repeated warning (foreign datagrams, malformed ones) is logged at most this often. */
 const WARN_EVERY_MS = 10_000;
 
@@ -137,6 +140,8 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
   #seq = 0;
   /** Sequence number expected next from the peer; -1 = resynchronise on the next datagram. */
   #expect = -1;
+  /** Datagrams in a row that looked late. */
+  #behind = 0;
   #peerKeepalives = false;
   #lastRx = 0;
   #lastTx = 0;
@@ -307,6 +312,7 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
     this.#clearProbe();
     this.#failure = 'none';
     this.#expect = -1;
+    this.#behind = 0;
     this.#lastRx = performance.now(); // a full timeout's grace before silence counts
     this.port.setReceiving(true);
     this.#sup.up();
@@ -464,7 +470,11 @@ export class CannelloniLink implements BusPortHandler, BusAttachment {
         this.#expect = (r.seq + 1) & 0xff;
       } else {
         c.rxOutOfOrder++;
+        // One late datagram is followed by expected ones; a run of "late" ones means the peer
+        // started counting again (it restarted while the link stayed up): follow it.
+        if (++this.#behind >= RESYNC_AFTER) this.#expect = (r.seq + 1) & 0xff;
       }
+      if (gap < 128) this.#behind = 0;
     }
     if (r.count === 0) {
       c.rxKeepalives++;

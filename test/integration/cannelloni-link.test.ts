@@ -10,6 +10,7 @@ import { type TestContext, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { CanDaemon } from '../../src/node/can/can-daemon.js';
 import type { CanRxFrame } from '../../src/node/frontend/can-driver.js';
+import { cli } from '../helpers/cli.js';
 import { hostPort, startDriver, startTestDaemon, waitFor } from '../helpers/vhost-user.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -386,4 +387,18 @@ test('a host name is looked up when the link binds', async (t) => {
   await waitStat(d.can, 'state', (v) => v === 'up');
   await waitFor('the bind keepalive', () => (peer.got.length >= 1 ? true : undefined));
   assert.equal(statOf(d.can, 'peer'), `localhost:${pPeer}`);
+});
+
+test('the command line refuses a bad link URL with exit status 2 and the reason', () => {
+  const r = cli('vhost-device-can.ts').runSync([
+    '-s',
+    '/tmp/never-used.sock',
+    '--link',
+    'default=cannelloni://192.0.2.2:20000?local=192.0.2.1',
+  ]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /--link default=cannelloni:\/\/192\.0\.2\.2:20000\?local=192\.0\.2\.1: local "192\.0\.2\.1" is not LADDR:LPORT/,
+  );
 });

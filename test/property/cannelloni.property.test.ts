@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../../src/core/bus/can-frame.js';
+import { type CanFrame, makeCanFrame } from '../../src/core/bus/can-frame.js';
 import {
   CANNELLONI_DATAGRAM_ERRORS,
   CANNELLONI_FRAME_ERRORS,
@@ -11,44 +11,9 @@ import {
   decodeCannelloni,
   encodeCannelloni,
 } from '../../src/core/net/cannelloni.js';
+import { arbCanFrame } from '../helpers/arbitrary.js';
 
-const arbId = (extended: boolean) => fc.integer({ min: 0, max: extended ? 0x1fffffff : 0x7ff });
-
-/** Any frame the format carries: classic data (with a raw DLC sometimes), remote requests, CAN FD. */
-const arbFrame: fc.Arbitrary<CanFrame> = fc.boolean().chain((extended) =>
-  fc.oneof(
-    fc
-      .record({
-        id: arbId(extended),
-        data: fc.uint8Array({ maxLength: 8 }),
-        dlc: fc.integer({ min: 9, max: 15 }),
-      })
-      .map(({ id, data, dlc }) =>
-        makeCanFrame({ id, extended, data, len8Dlc: data.length === 8 && dlc % 2 === 0 ? dlc : 0 }),
-      ),
-    fc
-      .record({ id: arbId(extended), len: fc.integer({ min: 0, max: 8 }) })
-      .map(({ id, len }) => makeCanFrame({ id, extended, rtr: true, len })),
-    fc
-      .record({
-        id: arbId(extended),
-        len: fc.constantFrom(...CAN_FD_LENGTHS),
-        seed: fc.integer({ min: 0, max: 255 }),
-        brs: fc.boolean(),
-        esi: fc.boolean(),
-      })
-      .map(({ id, len, seed, brs, esi }) =>
-        makeCanFrame({
-          id,
-          extended,
-          fd: true,
-          brs,
-          esi,
-          data: Uint8Array.from({ length: len }, (_, i) => (seed * 31 + i * 7) & 0xff),
-        }),
-      ),
-  ),
-);
+const arbFrame = arbCanFrame;
 
 const shape = (f: CanFrame) => [
   f.id,

@@ -30,7 +30,13 @@
  * keep their order. What the format cannot carry: `len8Dlc` (the raw DLC 9..15 of a classic frame
  * with 8 bytes) goes out as DLC 8, and timestamps are not carried at all.
  */
-import { type CanFrame, type MutableCanFrame, scratchCanFrame } from '../bus/can-frame.js';
+import {
+  CAN_FD_LENGTHS,
+  type CanFrame,
+  canFdLenToDlc,
+  type MutableCanFrame,
+  scratchCanFrame,
+} from '../bus/can-frame.js';
 
 export const CANNELLONI_VERSION = 2;
 export const CannelloniOpCode = { DATA: 0, ACK: 1, NACK: 2 } as const;
@@ -324,7 +330,7 @@ export class CannelloniDecoder {
       }
       let len = wireLen;
       if (fd) {
-        len = FD_ROUND_UP[wireLen]!;
+        len = CAN_FD_LENGTHS[canFdLenToDlc(wireLen)]!; // wireLen <= 64 here: never throws
         if (len !== wireLen) r.padded++;
       }
       const extended = (canId & CannelloniCanId.EFF) !== 0;
@@ -350,18 +356,6 @@ export class CannelloniDecoder {
     return r;
   }
 }
-
-/** For an FD length 0..64, the smallest valid FD size that holds it. */
-const FD_ROUND_UP: Uint8Array = (() => {
-  const sizes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64];
-  const t = new Uint8Array(65);
-  let k = 0;
-  for (let len = 0; len <= 64; len++) {
-    while (sizes[k]! < len) k++;
-    t[len] = sizes[k]!;
-  }
-  return t;
-})();
 
 function refuse(
   r: CannelloniDecodeResult,

@@ -22,6 +22,8 @@
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
+ *   net    guest -> guest over a network link (cannelloni) between two daemons on loopback, frames/s
+ *          and daemon CPU per frame, beside the in-process bus.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  * Layout: this file parses the options, runs the phases and writes the results; each phase's
  * measurements and its tables are in bench/phases/<phase>.ts, shared pieces in bench/lib.
@@ -37,6 +39,7 @@ import type { Results } from './lib/results.js';
 import { writeJson } from './lib/write-json.js';
 import { measureCon, reportCon } from './phases/con.js';
 import { measureLat, reportLat } from './phases/lat.js';
+import { measureNet, reportNet } from './phases/net.js';
 import { measureProf, reportProf } from './phases/prof.js';
 import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
@@ -100,6 +103,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           con: 60_000,
           socketcand: 60_000,
           web: 90_000,
+          net: 90_000,
         }
       : {
           tp: 420_000,
@@ -110,6 +114,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           con: 120_000,
           socketcand: 90_000,
           web: 150_000,
+          net: 180_000,
         },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
@@ -142,6 +147,7 @@ function report(res: Results): string {
   reportCon(res, out);
   reportSocketcand(res, out);
   reportWeb(res, out);
+  reportNet(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -151,6 +157,8 @@ function report(res: Results): string {
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
     ...(res.web?.runs.map((r) => r.flow) ?? []),
+    ...res.net,
+    ...res.netBus,
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -217,6 +225,8 @@ async function main(): Promise<number> {
     profile: null,
     con: null,
     web: null,
+    net: [],
+    netBus: [],
     errors: [],
     notes: [],
   };
@@ -233,6 +243,7 @@ async function main(): Promise<number> {
     con: measureCon,
     socketcand: measureSocketcand,
     web: measureWeb,
+    net: measureNet,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

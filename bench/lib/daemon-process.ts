@@ -40,6 +40,9 @@ export interface ProcessStatsLine {
   externalKb: number;
 }
 
+/** A link's state and counters (a --link attachment: every field of its stats line). */
+export type LinkStatsLine = Record<string, unknown> & { link: string };
+
 export interface DaemonStats {
   /** hrtime (ns) in the bench process when the dump arrived */
   atNs: bigint;
@@ -48,6 +51,8 @@ export interface DaemonStats {
   process: ProcessStatsLine | null;
   /** One line per host SocketCAN interface (none on virtual buses). */
   hosts: HostStatsLine[];
+  /** One line per --link. */
+  links: LinkStatsLine[];
 }
 
 export interface DaemonStartOptions {
@@ -63,6 +68,7 @@ export interface DaemonStartOptions {
 interface StatsWaiter {
   sockets: SocketStats[];
   hosts: HostStatsLine[];
+  links: LinkStatsLine[];
   process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
   resolve(s: DaemonStats): void;
@@ -131,6 +137,8 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
         rxKernelDrops: Number(o.rxKernelDrops ?? 0),
         txFrames: Number(o.txFrames ?? 0),
       });
+    } else if (typeof o.link === 'string') {
+      w.links.push(o as LinkStatsLine);
     } else if (typeof o.bus === 'string') {
       this.finishStats(w, {
         bus: o.bus,
@@ -151,13 +159,22 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       bus,
       process: w.process,
       hosts: w.hosts,
+      links: w.links,
     });
   }
 
   /** The daemon's counters, through SIGUSR1 (one dump at a time). */
   stats(timeoutMs = 10_000): Promise<DaemonStats> {
     return this.dump(
-      (resolve, reject) => ({ sockets: [], hosts: [], process: null, timer: null, resolve, reject }),
+      (resolve, reject) => ({
+        sockets: [],
+        hosts: [],
+        links: [],
+        process: null,
+        timer: null,
+        resolve,
+        reject,
+      }),
       timeoutMs,
     );
   }

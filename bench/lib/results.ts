@@ -1,5 +1,6 @@
 /** The shapes of the benchmark's results (bench/results/*.json). */
 
+import type { NetResult } from '../phases/net.js';
 import type { ScdRow } from '../phases/socketcand.js';
 import type { WebResult } from '../phases/web.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
@@ -112,6 +113,9 @@ export interface Results {
   /** Phase socketcand (bench/phases/socketcand.ts). */
   socketcand?: ScdRow[];
   web: WebResult | null;
+  /** Phase net: links between two daemons, and the in-process bus beside them. */
+  net: NetResult[];
+  netBus: FlowResult[];
   errors: { phase: string; error: string }[];
   notes: string[];
 }

@@ -83,9 +83,11 @@ export async function runDaemonCli<O extends CommonOptions>(
     process.stderr.write(`${cli.name}: ${(err as Error).message} (${code})\n`);
     return 1;
   }
+  // Before the "started" line: whoever waits for it may signal at once, and a SIGUSR1 that
+  // arrives before a listener exists starts Node's inspector instead.
+  process.on('SIGUSR1', dumpStats);
   log.info(`${cli.name} started`, { version: packageVersion(), ...cli.describe(o), ...d.started });
   timer = o.statsInterval > 0 ? setInterval(dumpStats, o.statsInterval * 1000) : null;
-  process.on('SIGUSR1', dumpStats);
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGHUP', () => shutdown('SIGHUP'));

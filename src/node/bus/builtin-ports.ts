@@ -2,10 +2,13 @@
  * The bus port kinds this build knows, by URL scheme (`--link`) and file extension (`--capture`,
  * `--replay`). A new kind is a module exporting a PortFactory and one `register` line here.
  */
+import { cannelloniPortFactory } from '../net/cannelloni-link.js';
 import { socketcandLinkFactory } from '../net/socketcand-link.js';
 import { PortRegistry } from './port-registry.js';
 
-export const builtinPorts = new PortRegistry().register(socketcandLinkFactory);
+export const builtinPorts = new PortRegistry()
+  .register(socketcandLinkFactory)
+  .register(cannelloniPortFactory);
 
 /**
  * Options shared by the port kinds (for example `--replay-speed`), declared once here so the command

@@ -423,6 +423,12 @@ export class BlfDecoder implements CaptureDecoder {
     if (!(s[pos] === 0x4c && s[pos + 1] === 0x4f && s[pos + 2] === 0x42 && s[pos + 3] === 0x4a)) {
       const found = this.#findSignature(s.subarray(0, Math.min(s.length, pos + 8)), pos);
       if (found < 0) {
+        if (s.length - pos <= 3) {
+          // The padding of the last object: wait for the next container, or drop it at the end.
+          if (!this.#in.ended) return false;
+          this.#pos = s.length;
+          return false;
+        }
         if (s.length - pos < 8 && !this.#in.ended) return false; // may continue in the next container
         const next = this.#findSignature(s, pos);
         const innerAt = pos + this.#streamBase;

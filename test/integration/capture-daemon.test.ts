@@ -206,7 +206,7 @@ test('a full disk (a 1 MiB tmpfs) stops the capture with the file cut at its las
   const packets = tsharkRead(file);
   assert.equal(packets.length, s.recordsWritten);
   assert.ok(packets.length > 5000, `${packets.length} packets before the disk was full`);
-  assert.ok(s.recordsDropped > 0);
+  assert.ok(Number(s.recordsDropped) > 0);
   assert.ok(statSync(file).size <= 1 << 20);
   // The bus goes on: another port still gets frames.
   const other = hostPort(t, can.hubFor(0), 'other');

@@ -18,6 +18,8 @@
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
+ *   cap    the tp flood (8-byte frames, 64 per kick) with --capture to pcapng, BLF and both, beside
+ *          the same flood without capture; file bytes per frame.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  * Layout: this file parses the options, runs the phases and writes the results; each phase's
  * measurements and its tables are in bench/phases/<phase>.ts, shared pieces in bench/lib.
@@ -31,6 +33,7 @@ import { type Config, Ctx, log, OTHER_LIMIT, PHASES, type Phase } from './lib/co
 import { cpuCount, loadAverage } from './lib/proc.js';
 import type { Results } from './lib/results.js';
 import { writeJson } from './lib/write-json.js';
+import { measureCap, reportCap } from './phases/cap.js';
 import { measureCon, reportCon } from './phases/con.js';
 import { measureLat, reportLat } from './phases/lat.js';
 import { measureProf, reportProf } from './phases/prof.js';
@@ -85,8 +88,8 @@ function parseConfig(argv: readonly string[]): Config | null {
       idleMs: quick ? 3000 : 10_000,
     },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000 }
-      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000 },
+      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000, cap: 90_000 }
+      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000, cap: 180_000 },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
   };
@@ -116,6 +119,7 @@ function report(res: Results): string {
   reportScale(res, out);
   reportProf(res, out);
   reportCon(res, out);
+  reportCap(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -124,6 +128,7 @@ function report(res: Results): string {
     ...res.scale,
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
+    ...res.cap.map((c) => c.flow),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -189,6 +194,7 @@ async function main(): Promise<number> {
     memory: [],
     profile: null,
     con: null,
+    cap: [],
     errors: [],
     notes: [],
   };
@@ -203,6 +209,7 @@ async function main(): Promise<number> {
     scale: measureScale,
     prof: measureProf,
     con: measureCon,
+    cap: measureCap,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

@@ -13,11 +13,15 @@ export interface FlowOptions {
   receiverQueue: number;
   measureMs: number;
   nodeFlags?: string[];
+  /** Extra daemon arguments (e.g. --capture). */
+  args?: string[];
+  /** Gets the daemon's last log lines once it has stopped (its final statistics). */
+  onStopped?: (logLines: readonly string[]) => void;
   label: string;
 }
 
 export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
-  const d = await ctx.daemon(2, o.label, o.nodeFlags);
+  const d = await ctx.daemon(2, o.label, o.nodeFlags, o.args);
   const { a, b } = ctx;
   try {
     await Promise.all([
@@ -86,5 +90,6 @@ export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
   } finally {
     await ctx.closeGuests();
     await ctx.stopDaemon(d);
+    o.onStopped?.(d.logLines());
   }
 }

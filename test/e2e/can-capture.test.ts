@@ -28,7 +28,16 @@ const SENT: readonly string[] = [
 /** What tshark shows for a frame (FD frames have no BRS after virtio). */
 function expectedPacket(text: string): unknown[] {
   const f = parseCandump(text);
-  return [f.id, f.extended, f.rtr, f.fd, f.len, f.rtr ? '' : Buffer.from(f.data).toString('hex'), 'guest0', 2];
+  return [
+    f.id,
+    f.extended,
+    f.rtr,
+    f.fd,
+    f.len,
+    f.rtr ? '' : Buffer.from(f.data).toString('hex'),
+    'guest0',
+    2,
+  ];
 }
 
 function shown(p: TsharkPacket): unknown[] {
@@ -86,7 +95,15 @@ await_host checked 120
       m.map((x) => [x.id, x.ext, x.rtr, x.fd, x.dlc, x.rtr ? '' : x.data, x.rx]),
       SENT.map((s) => {
         const f = parseCandump(s);
-        return [f.id, f.extended, f.rtr, f.fd, f.len, f.rtr ? '' : Buffer.from(f.data).toString('hex'), false];
+        return [
+          f.id,
+          f.extended,
+          f.rtr,
+          f.fd,
+          f.len,
+          f.rtr ? '' : Buffer.from(f.data).toString('hex'),
+          false,
+        ];
       }),
       'python-can reads the BLF capture',
     );

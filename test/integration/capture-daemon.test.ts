@@ -339,3 +339,27 @@ test('recordBuses records several in-process buses into one pcapng, one interfac
   );
   assert.equal(rec.stats().frames, 3);
 });
+
+test('tshark -i FIFO shows the bus live, as wireshark -k -i FIFO does', {
+  skip: missingTool('tshark'),
+}, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cap-live-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fifo = join(dir, 'live.pcapng');
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+  const { can } = startTestDaemon(t, { ports: [{ kind: 'capture', bus: 'default', value: fifo }] });
+  const ts = spawn('tshark', ['-l', '-i', fifo, '-T', 'fields', '-e', 'can.id', '-e', 'frame.comment'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  t.after(() => ts.kill('SIGKILL'));
+  let out = '';
+  ts.stdout.on('data', (d) => {
+    out += d;
+  });
+  const a = attachment(can.attachments, 'live.pcapng');
+  await waitFor('tshark to open the FIFO', () => (a.stats().state === 'writing' ? true : undefined), 10_000);
+  const tap = hostPort(t, can.hubFor(0), 'tap');
+  for (let i = 0; i < 3; i++) tap.transmit(makeCanFrame({ id: 0x100 + i, data: [i] }));
+  await waitFor('three live lines', () => (out.split('\n').length > 3 ? true : undefined), 10_000);
+  assert.equal(out, '256\ttap\n257\ttap\n258\ttap\n');
+});

@@ -16,10 +16,14 @@ const ROOT = resolve(import.meta.dirname, '../..');
 test('examples/capture-recorder.mjs records a guest’s frames and completes the file on Ctrl-C', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vdc-rec-'));
   const file = join(dir, 'bus.blf');
-  const child = spawn(process.execPath, [join(ROOT, 'examples/capture-recorder.mjs'), join(dir, 'can.sock'), '1', file], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [join(ROOT, 'examples/capture-recorder.mjs'), join(dir, 'can.sock'), '1', file],
+    {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let out = '';
   let err = '';
   child.stdout.on('data', (d) => {
@@ -51,7 +55,9 @@ test('examples/capture-recorder.mjs records a guest’s frames and completes the
   assert.equal(out, `3 frames in ${file}\n`, err);
   const ev = readCaptureFile(file);
   assert.deepEqual(
-    ev.map((e) => (e.kind === 'frame' ? [e.frame.id, e.frame.fd, e.frame.rtr, e.frame.len, e.direction] : e.kind)),
+    ev.map((e) =>
+      e.kind === 'frame' ? [e.frame.id, e.frame.fd, e.frame.rtr, e.frame.len, e.direction] : e.kind,
+    ),
     [
       [0x123, false, false, 2, 'outbound'],
       [0x1abcdef0, true, false, 12, 'outbound'],

@@ -131,7 +131,8 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
         rxKernelDrops: Number(o.rxKernelDrops ?? 0),
         txFrames: Number(o.txFrames ?? 0),
       });
-    } else if (typeof o.bus === 'string') {
+    } else if (typeof o.bus === 'string' && o.busLoad !== undefined) {
+      // The bus line (the lines of captures, links... name their bus too, without busLoad).
       this.finishStats(w, {
         bus: o.bus,
         frames: Number(o.frames),

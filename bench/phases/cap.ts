@@ -45,10 +45,11 @@ export async function measureCap(ctx: Ctx, res: Results): Promise<void> {
           label: `cap-${name}`,
         });
       });
-      // The daemon has stopped (its captures closed their files): every frame on the bus is in them.
+      // The daemon has stopped (its captures closed their files): bytes per frame recorded.
       const bytesPerFrame: Record<string, number> = {};
       for (const f of formats) {
-        bytesPerFrame[f] = fixed2(statSync(join(dir, `bus.${f}`)).size / Math.max(1, r.busFramesTotal));
+        const frames = recorded[f]?.frames ?? r.busFramesTotal;
+        bytesPerFrame[f] = fixed2(statSync(join(dir, `bus.${f}`)).size / Math.max(1, frames));
       }
       res.cap.push({ captures: name, flow: r, bytesPerFrame, recorded });
     } finally {

@@ -345,3 +345,38 @@ describe('damaged input is reported with its position and the rest is read', () 
     }
   });
 });
+
+describe('decoders never throw, whatever the bytes', () => {
+  for (const format of FORMATS) {
+    it(`${format}: mutated files are read to the end with reports, never an exception`, () => {
+      const records = Array.from({ length: 40 }, (_, i) => frameAt(i));
+      const good = writeCapture(format, records, {
+        startNs: START,
+        chunkSize: 700,
+        deflate: (d) => deflateSync(d),
+      });
+      fc.assert(
+        fc.property(
+          fc.array(fc.tuple(fc.nat(good.length - 1), fc.nat(255), fc.constantFrom('set', 'cut', 'insert')), {
+            minLength: 1,
+            maxLength: 8,
+          }),
+          fc.array(fc.integer({ min: 1, max: 300 }), { minLength: 1, maxLength: 4 }),
+          (edits, pieces) => {
+            let bytes = Uint8Array.from(good);
+            for (const [at, v, op] of edits) {
+              const i = at % Math.max(1, bytes.length);
+              if (op === 'set') bytes[i] = v;
+              else if (op === 'cut')
+                bytes = Uint8Array.from([...bytes.subarray(0, i), ...bytes.subarray(i + 1 + (v % 16))]);
+              else bytes = Uint8Array.from([...bytes.subarray(0, i), v, v ^ 0x5a, ...bytes.subarray(i)]);
+            }
+            const got = readInPieces(format, bytes, pieces).events;
+            assert.ok(got.filter((e) => e.kind === 'frame').length <= records.length + 8);
+          },
+        ),
+        { numRuns: 200 },
+      );
+    });
+  }
+});

@@ -381,6 +381,10 @@ export class BlfDecoder implements CaptureDecoder {
       return;
     }
     const headerSize = dv.getUint16(4, true);
+    if (headerSize < 16 || headerSize + 16 > obj.length) {
+      this.#pending.push(this.#bad(at, `log container header size ${headerSize} is invalid`));
+      return;
+    }
     const method = dv.getUint16(headerSize, true);
     const rawSize = dv.getUint32(headerSize + 8, true);
     const data = obj.subarray(headerSize + 16);

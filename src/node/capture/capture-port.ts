@@ -284,7 +284,16 @@ export const captureFactory: PortFactory<CaptureSpec> = {
         `--capture ${ctx.bus}=${spec.path}: that file already records bus ${ctx.bus}`,
       );
     }
-    const port = new CapturePort(file, ctx.hub, ctx.bus, { epochOffsetNs: ctx.epochOffsetNs });
+    let port: CapturePort;
+    try {
+      port = new CapturePort(file, ctx.hub, ctx.bus, { epochOffsetNs: ctx.epochOffsetNs });
+    } catch (err) {
+      if (shared.attachments.size === 0) {
+        file.close();
+        files.delete(abs);
+      }
+      throw err;
+    }
     const list = allPorts.get(file) ?? [];
     list.push(port);
     allPorts.set(file, list);

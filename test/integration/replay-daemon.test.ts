@@ -16,8 +16,8 @@ import { type CaptureFormat, writeCapture } from '../../src/core/capture/index.j
 import { StructuredLogger } from '../../src/node/log.js';
 import { hostPort, startDriver, startTestDaemon, waitFor } from '../helpers/vhost-user.js';
 
-/** Largest deviation of a replayed frame from its recorded offset (the README states this figure). */
-const REPLAY_TOLERANCE_MS = 15;
+/** Largest deviation of a replayed frame from its recorded offset the test accepts (README: typically < 3 ms; 50 ms on a busy machine, where timers fire late). */
+const REPLAY_TOLERANCE_MS = 50;
 
 const T0 = 1_790_000_000_000_000_000n;
 const ms = (n: number): bigint => BigInt(Math.round(n * 1e6));

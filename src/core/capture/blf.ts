@@ -153,7 +153,8 @@ export class BlfEncoder implements CaptureEncoder {
 
   #end(at: number, size: number, wallNs: bigint): void {
     const pad = size % 4;
-    this.#out.buf.fill(0, at + size, at + size + pad);
+    const b = this.#out.buf;
+    for (let i = at + size; i < at + size + pad; i++) b[i] = 0;
     this.#out.commit(at + size + pad, 1, wallNs);
   }
 
@@ -171,7 +172,7 @@ export class BlfEncoder implements CaptureEncoder {
       dv.setUint32(p + 4, id, true);
       const d = f.data;
       for (let i = 0; i < 8; i++) b[p + 8 + i] = d[i] ?? 0;
-      b.fill(0, p + 16, p + 24); // frame length, bit count, reserved
+      for (let i = p + 16; i < p + 24; i++) b[i] = 0; // frame length, bit count, reserved
       this.#end(at, size, wallNs);
       return;
     }

@@ -175,7 +175,9 @@ export class PcapngEncoder implements CaptureEncoder {
     dv.setUint32(at + 20, caplen, true);
     dv.setUint32(at + 24, caplen, true);
     const end = at + 28 + caplen;
-    out.buf.set(opts, end);
+    const b = out.buf;
+    // Byte loops: cheaper than TypedArray#set / Buffer#fill calls for a few dozen bytes.
+    for (let i = 0; i < opts.length; i++) b[end + i] = opts[i]!;
     dv.setUint32(end + opts.length, total, true);
     return at + 28;
   }
@@ -203,7 +205,7 @@ export class PcapngEncoder implements CaptureEncoder {
     const data = f.data;
     const n = data.length;
     for (let i = 0; i < n; i++) b[p + 8 + i] = data[i]!;
-    b.fill(0, p + 8 + n, p + caplen);
+    for (let i = p + 8 + n; i < p + caplen; i++) b[i] = 0;
     out.commit(p + caplen + opts.length + 4, 1, wallNs);
   }
 

@@ -61,6 +61,8 @@ export class CapturePort {
   readonly #errorTags = new Map<number, CaptureTag>();
   #lastTs = -1n;
   #lastWall = 0n;
+  #lastOrigin = -1;
+  #lastTag: CaptureTag | undefined;
 
   constructor(file: CaptureFile, hub: CanHub, channelName: string, opts: CapturePortOptions = {}) {
     this.#file = file;
@@ -80,12 +82,11 @@ export class CapturePort {
               this.#lastTs = ts;
               this.#lastWall = this.#epoch + ts;
             }
-            enc.frame(
-              this.channel,
-              f,
-              this.#lastWall,
-              this.#tags.get(f.origin) ?? this.#tagOf(f.origin, false),
-            );
+            if (f.origin !== this.#lastOrigin) {
+              this.#lastOrigin = f.origin;
+              this.#lastTag = this.#tags.get(f.origin) ?? this.#tagOf(f.origin, false);
+            }
+            enc.frame(this.channel, f, this.#lastWall, this.#lastTag!);
             port.release(f);
             this.stats.frames++;
           }

@@ -24,6 +24,8 @@
  *          with 16 guests.
  *   net    guest -> guest over a network link (cannelloni) between two daemons on loopback, frames/s
  *          and daemon CPU per frame, beside the in-process bus.
+ *   cap    the tp flood (8-byte frames, 64 per kick) with --capture to pcapng, BLF and both, beside
+ *          the same flood without capture; file bytes per frame.
  * Results: a table on stdout, JSON in bench/results/<timestamp>.json and bench/results/latest.json.
  * Layout: this file parses the options, runs the phases and writes the results; each phase's
  * measurements and its tables are in bench/phases/<phase>.ts, shared pieces in bench/lib.
@@ -37,6 +39,7 @@ import { type Config, Ctx, log, OTHER_LIMIT, PHASES, type Phase } from './lib/co
 import { cpuCount, loadAverage } from './lib/proc.js';
 import type { Results } from './lib/results.js';
 import { writeJson } from './lib/write-json.js';
+import { measureCap, reportCap } from './phases/cap.js';
 import { measureCon, reportCon } from './phases/con.js';
 import { measureLat, reportLat } from './phases/lat.js';
 import { measureNet, reportNet } from './phases/net.js';
@@ -104,6 +107,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           socketcand: 60_000,
           web: 90_000,
           net: 90_000,
+          cap: 90_000,
         }
       : {
           tp: 420_000,
@@ -115,6 +119,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           socketcand: 90_000,
           web: 150_000,
           net: 180_000,
+          cap: 180_000,
         },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
@@ -148,6 +153,7 @@ function report(res: Results): string {
   reportSocketcand(res, out);
   reportWeb(res, out);
   reportNet(res, out);
+  reportCap(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -159,6 +165,7 @@ function report(res: Results): string {
     ...(res.web?.runs.map((r) => r.flow) ?? []),
     ...res.net,
     ...res.netBus,
+    ...res.cap.map((c) => c.flow),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -227,6 +234,7 @@ async function main(): Promise<number> {
     web: null,
     net: [],
     netBus: [],
+    cap: [],
     errors: [],
     notes: [],
   };
@@ -244,6 +252,7 @@ async function main(): Promise<number> {
     socketcand: measureSocketcand,
     web: measureWeb,
     net: measureNet,
+    cap: measureCap,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

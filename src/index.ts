@@ -2,6 +2,7 @@
  * vhost-device-ts as a library: run the CAN or rng daemon in-process, reach its buses, attach your own bus
  * ports, or drive any vhost-user back-end with the TypeScript front-end.
  */
+export type { CanErrorFrame } from './core/bus/can-error.js';
 export { type CanFrame, formatCandump, makeCanFrame, parseCandump } from './core/bus/can-frame.js';
 export type { FramePoolStats } from './core/bus/frame-pool.js';
 export {
@@ -14,6 +15,21 @@ export {
   HubRegistry,
   type PortStats,
 } from './core/bus/hub.js';
+export {
+  type CaptureDecoder,
+  type CaptureEncoder,
+  type CaptureEvent,
+  type CaptureFormat,
+  type CapturePosition,
+  type CaptureRecord,
+  captureFormatOf,
+  createCaptureDecoder,
+  createCaptureEncoder,
+  type Direction,
+  readCapture,
+  type WriteCaptureOptions,
+  writeCapture,
+} from './core/capture/index.js';
 export { CanDevice, type CanDeviceStats, type CanFeatureSwitches } from './core/devices/can/can-device.js';
 export { CanFeature, CanMsgType, CanStatus, VIRTIO_ID_CAN } from './core/devices/can/constants.js';
 export {
@@ -31,6 +47,16 @@ export {
   type CanDaemonOptions,
   startCanDaemon,
 } from './node/can/can-daemon.js';
+export { CaptureFile, type CaptureFileOptions, type CaptureFileStats } from './node/capture/capture-file.js';
+export {
+  type BusRecording,
+  CapturePort,
+  guestDirection,
+  type RecordBusesOptions,
+  recordBuses,
+} from './node/capture/capture-port.js';
+export { readCaptureFile, writeCaptureFile } from './node/capture/files.js';
+export { Replay, type ReplayOptions, type ReplayStats, replayFile } from './node/capture/replay-port.js';
 export { CanTestDriver } from './node/frontend/can-driver.js';
 export { VhostUserFrontend } from './node/frontend/frontend.js';
 export { GuestRam } from './node/frontend/guest-ram.js';

@@ -13,7 +13,7 @@ import { machineCpu } from './proc.js';
 import type { FrameSpec } from './protocol.js';
 import { WorkerClient } from './worker-client.js';
 
-export const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con', 'socketcand', 'web', 'net'] as const;
+export const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con', 'socketcand', 'web', 'net', 'cap'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface Config {

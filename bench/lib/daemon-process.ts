@@ -139,7 +139,8 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       });
     } else if (typeof o.link === 'string') {
       w.links.push(o as LinkStatsLine);
-    } else if (typeof o.bus === 'string') {
+    } else if (typeof o.bus === 'string' && o.busLoad !== undefined) {
+      // The bus line (the lines of captures, links... name their bus too, without busLoad).
       this.finishStats(w, {
         bus: o.bus,
         frames: Number(o.frames),

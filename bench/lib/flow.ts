@@ -21,6 +21,8 @@ export interface FlowOptions {
    * returns is called after the window.
    */
   during?: (d: DaemonProcess) => Promise<() => Promise<void>>;
+  /** Gets the daemon's last log lines once it has stopped (its final statistics). */
+  onStopped?: (logLines: readonly string[]) => void;
   label: string;
 }
 
@@ -96,5 +98,6 @@ export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
   } finally {
     await ctx.closeGuests();
     await ctx.stopDaemon(d);
+    o.onStopped?.(d.logLines());
   }
 }

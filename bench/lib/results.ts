@@ -99,6 +99,16 @@ export interface MemoryRow {
   framesAllocated: number;
 }
 
+/** One flood of phase cap: which captures ran, the flow, and the files' bytes per frame. */
+export interface CapResult {
+  captures: string;
+  flow: FlowResult;
+  /** File bytes per frame put on the bus, by format. */
+  bytesPerFrame: Record<string, number>;
+  /** Frames each capture recorded and dropped (its backlog was full), from the final statistics. */
+  recorded: Record<string, { frames: number; dropped: number }>;
+}
+
 export interface Results {
   env: Record<string, unknown>;
   tp: FlowResult[];
@@ -116,6 +126,8 @@ export interface Results {
   /** Phase net: links between two daemons, and the in-process bus beside them. */
   net: NetResult[];
   netBus: FlowResult[];
+  /** Phase cap: the flood with and without captures. */
+  cap: CapResult[];
   errors: { phase: string; error: string }[];
   notes: string[];
 }

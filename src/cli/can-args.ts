@@ -263,6 +263,9 @@ export function portKindsHelp(registry: PortRegistry = builtinPorts): string {
     for (const f of fs) out.push(f.help.replace(/\n+$/, ''));
   }
   for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) {
+    // An option named after a kind (--replay-speed) is shown only when that kind has factories.
+    const kind = PORT_KINDS.find((k) => name.startsWith(`${k}-`));
+    if (kind !== undefined && registry.factories(kind).length === 0) continue;
     out.push(`    --${name}${o.type === 'string' ? ' VALUE' : ''}`);
     out.push(o.help.replace(/\n+$/, ''));
   }

@@ -345,8 +345,7 @@ ${portKindsHelp()}    --socketcand-listen ADDR:PORT
     --socketcand-error-mask HEX
         Error frame classes (linux/can/error.h class bits) sent to raw-mode clients as
         < error ... > unless they choose with < errormask HEX >. Default 0: none.
-    --stats-interval SECONDS
-${portKindsHelp()}${httpOptionsHelp('the live monitor page', true)}    --stats-interval SECONDS
+${httpOptionsHelp('the live monitor page', true)}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

@@ -142,3 +142,12 @@ test('--link socketcand:// URLs are checked at parse time', () => {
   assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://[zz]:1/x']), /expected ADDR:PORT/);
   assert.match(err(['-s', '/tmp/x', '--link', 'lab=socketcand://[1::2::3]:1/x']), /not an IP address/);
 });
+
+test('--help describes each option once', () => {
+  const heads = CAN_HELP.split('\n').filter((l) => /^ {4}-/.test(l));
+  const seen = new Map<string, number>();
+  for (const h of heads) seen.set(h.trim(), (seen.get(h.trim()) ?? 0) + 1);
+  const twice = [...seen].filter(([, n]) => n > 1).map(([h]) => h);
+  assert.deepEqual(twice, []);
+  assert.ok(heads.length > 20, `${heads.length} option lines`);
+});

@@ -3,12 +3,15 @@
  * A drop-in for rust-vmm's CLI (--socket-path/-s, --socket-count/-c, --can-devices/-d), plus our
  * own options. Every bad input yields a message naming the option and what is expected.
  */
+
+import type { BusTiming } from '../core/bus/faults.js';
 import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
 import { builtinPorts, PORT_KIND_OPTIONS } from '../node/bus/builtin-ports.js';
 import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-registry.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
-import { type BusSpec, busesOf } from '../node/can/can-daemon.js';
+import { type BusSpec, busesOf, type FaultRequest } from '../node/can/can-daemon.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
+import { parseTimingOptions, TIMING_HELP } from './timing-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -25,6 +28,10 @@ export interface CanCliOptions extends CommonOptions {
   ports: BusPortRequest[];
   /** Values of the port kinds' shared options (PORT_KIND_OPTIONS), by option name. */
   portOptions: Record<string, string | boolean | undefined>;
+  /** Timed buses by name (--bitrate, --ack). */
+  timing: Record<string, BusTiming>;
+  /** --fault, in command-line order. */
+  faults: FaultRequest[];
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -93,6 +100,9 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       'no-late-tx-ack': { type: 'boolean' },
       'rx-backlog': { type: 'string' },
       'socketcan-rcvbuf': { type: 'string' },
+      bitrate: { type: 'string', multiple: true },
+      ack: { type: 'string', multiple: true },
+      fault: { type: 'string', multiple: true },
     },
     MAX_SOCKET_COUNT,
   );
@@ -137,6 +147,13 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     ports.map((p) => p.bus),
   );
   if (typeof named === 'string') return { kind: 'error', message: named };
+  const timed = parseTimingOptions(
+    (values.bitrate as string[] | undefined) ?? [],
+    (values.ack as string[] | undefined) ?? [],
+    (values.fault as string[] | undefined) ?? [],
+    named,
+  );
+  if (typeof timed === 'string') return { kind: 'error', message: timed };
   const portOptions: Record<string, string | boolean | undefined> = {};
   for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) {
     const v = values[name] as string | boolean | undefined;
@@ -186,6 +203,8 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       socketcanRcvbuf: rcvbuf,
       ports,
       portOptions,
+      timing: timed.timing,
+      faults: timed.faults,
     },
   };
 }
@@ -272,7 +291,7 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}    --stats-interval SECONDS
+${portKindsHelp()}${TIMING_HELP}    --stats-interval SECONDS
         Log every device's and bus's counters every SECONDS (0 = never; default). SIGUSR1 logs
         them at any time.
     --log-level error|warn|info|debug

@@ -26,6 +26,8 @@ main<CanCliOptions>({
       socketcanRcvbuf: o.socketcanRcvbuf,
       ports: o.ports,
       portOptions: o.portOptions,
+      timing: o.timing,
+      faults: o.faults,
       log,
     });
     return { stats: () => formatStats(can), stop: () => can.stop() };

@@ -652,7 +652,8 @@ class BusEngine implements TimedHost {
     if (this.waking || t >= this.armedAt || this.closed) return;
     this.armedAt = t;
     this.timer ??= this.timerFactory!(() => this.onWake());
-    this.timer.arm(this.originNum + t);
+    // A deadline in the past (or -Infinity: "at once") fires as soon as the event loop polls.
+    this.timer.arm(this.originNum + (t > 0 ? t : 0));
   }
 
   /** Arms for the earliest thing that is due next (or disarms). */
@@ -1466,10 +1467,18 @@ export class CanHub {
 export class HubRegistry {
   readonly #hubs = new Map<string, CanHub>();
   readonly #defaults: Omit<CanHubOptions, 'name'>;
+  readonly #perBus: ((name: string) => Omit<CanHubOptions, 'name'> | undefined) | undefined;
 
-  /** `defaults` apply to every hub the registry creates (e.g. the process clock, bit rates). */
-  constructor(defaults: Omit<CanHubOptions, 'name'> = {}) {
+  /**
+   * `defaults` apply to every hub the registry creates (e.g. the process clock, bit rates);
+   * `perBus(name)` adds options for one bus (e.g. the timing of a timed bus).
+   */
+  constructor(
+    defaults: Omit<CanHubOptions, 'name'> = {},
+    perBus?: (name: string) => Omit<CanHubOptions, 'name'> | undefined,
+  ) {
     this.#defaults = defaults;
+    this.#perBus = perBus;
   }
 
   /** The hub called `name`, created on demand (also when the previous one was closed directly). */
@@ -1477,7 +1486,7 @@ export class HubRegistry {
     checkName(name, 'bus name');
     let hub = this.#hubs.get(name);
     if (hub === undefined || hub.closed) {
-      hub = new CanHub({ ...this.#defaults, name });
+      hub = new CanHub({ ...this.#defaults, ...this.#perBus?.(name), name });
       this.#hubs.set(name, hub);
     }
     return hub;

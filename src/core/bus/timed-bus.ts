@@ -16,6 +16,15 @@
  *   event that is due, in time order, with the ideal times (so nothing is reordered and timestamps
  *   stay exact); how late deliveries were is recorded (`lateness`) and a wake-up more than
  *   BEHIND_NS late is counted (`behind`).
+ * - A frame handed over while the bus lags the host's clock counts as waiting from the bus's
+ *   present (its current frame's end), not from the host's.
+ * - Catching up, the bus pauses (`nextEvent()` is then "now") before an arbitration or an idle
+ *   period more than PAUSE_FOR_INPUT_NS in the past, when it may lack frames the host has not read
+ *   yet: at the first one of a late wake-up, and whenever a port ran out of frames meanwhile (its
+ *   owner may answer the completions it just got). Frames handed over during the pause count as
+ *   waiting since that point. So a host stall longer than the queued frames last does not leave
+ *   the bus idle in bus time while the guests had frames to send; after pauses that brought
+ *   nothing (MIN_FRUITLESS_PAUSES, MAX_PAUSE_NS) the bus accepts it was idle.
  * - Fault confinement per port (ISO 11898-1): a transmission that fails adds 8 to the sender's TEC
  *   (an error-passive sender's ACK errors add nothing), a destroyed frame adds 1 to every
  *   receiver's REC; a successful transmission takes 1 from the sender's TEC, a successful
@@ -42,6 +51,20 @@ export const BEHIND_NS = 1_000_000;
 export const TIMED_TX_QUEUE_LIMIT = 4096;
 /** Events handled per wake-up at most; the rest on the next turn (a host far behind yields). */
 export const MAX_EVENTS_PER_WAKE = 20_000;
+/**
+ * A wake-up that would arbitrate this far in the past (ns) first lets the host read its inputs:
+ * frames guests queued while the host was busy take part in that arbitration.
+ */
+export const PAUSE_FOR_INPUT_NS = 250_000;
+/**
+ * Pauses in a row that bring no frame end (the bus accepts it was idle) once there were at least
+ * MIN_FRUITLESS_PAUSES of them and MAX_PAUSE_NS of host time went by: both, so a host that is
+ * descheduled during the pauses does not give up early, and one that is not does not spin. The
+ * first two re-wake at once, the next ones every RETRY_PAUSE_NS.
+ */
+export const MIN_FRUITLESS_PAUSES = 8;
+export const MAX_PAUSE_NS = 2_000_000;
+export const RETRY_PAUSE_NS = 50_000;
 
 /** One frame waiting for (or on) the bus. */
 export interface TxEntry {
@@ -196,6 +219,8 @@ export interface TimedBusStats {
   readonly behind: number;
   /** Wake-ups (timer callbacks) so far. */
   readonly wakeups: number;
+  /** Late wake-ups that paused to read the host's inputs before arbitrating in the past. */
+  readonly pauses: number;
 }
 
 export class TimedBus {
@@ -216,6 +241,19 @@ export class TimedBus {
   #errorBy: Injector | null = null;
   #busFree = 0;
   #advancing = false;
+  /**
+   * Set when a late wake-up stopped before an arbitration in the past (bus time of that
+   * arbitration): frames handed over until it resumes count as waiting from then on.
+   */
+  #pausedAt: number | null = null;
+  /** A pause would help: a fresh late wake-up, or a port ran out of frames during a catch-up. */
+  #needInput = false;
+  /** Pauses in a row that brought no frame, and when the first of them began (host time). */
+  #fruitless = 0;
+  #fruitlessSince = 0;
+  /** When a pause wants to be woken (bus time; -Infinity: at once). */
+  #resumeAt = Number.NEGATIVE_INFINITY;
+  #pauses = 0;
   #injectors: Injector[] = [];
   readonly #bits: FrameBits = { nominal: 0, data: 0, stuff: 0 };
   readonly #free: TxEntry[] = [];
@@ -268,7 +306,21 @@ export class TimedBus {
     const e = this.#free.pop() ?? { frame, token, enq: 0, key: 0, aborted: false };
     e.frame = frame;
     e.token = token;
-    e.enq = now;
+    // A frame handed over while the bus lags the host's clock (the host was busy) counts as
+    // waiting from the bus's present, not the host's: the guest may well have queued it in time,
+    // the host just had not read it. (While a late wake-up pauses for inputs, that is the pause.)
+    let enq = now;
+    const paused = this.#pausedAt;
+    if (paused !== null) {
+      if (paused < enq) enq = paused;
+      this.#fruitless = 0;
+    } else if (this.#kind !== SlotKind.NONE) {
+      if (this.#end < enq) enq = this.#end;
+    } else if (this.#pending > 0) {
+      const start = this.#earliestStart();
+      if (start < enq) enq = start;
+    }
+    e.enq = enq;
     e.key = arbitrationKey(frame.id, frame.extended, frame.rtr, frame.fd);
     e.aborted = false;
     port.txq.push(e);
@@ -313,6 +365,7 @@ export class TimedBus {
 
   /** The next bus time something happens (Infinity: nothing will until a frame is submitted). */
   nextEvent(): number {
+    if (this.#pausedAt !== null) return this.#resumeAt; // after the host read its inputs
     let t = this.#nextTick();
     if (this.#kind !== SlotKind.NONE) return Math.min(t, this.#end);
     if (this.#pending > 0) t = Math.min(t, this.#earliestStart());
@@ -325,6 +378,16 @@ export class TimedBus {
     this.#advancing = true;
     this.#wakeups++;
     let first = true;
+    const resumed = this.#pausedAt !== null;
+    this.#pausedAt = null;
+    if (!resumed) {
+      this.#needInput = true;
+      this.#fruitless = 0;
+    } else if (this.#fruitless > 0 && this.#pending === 0) {
+      // Nothing came during the pause and the bus would go idle: the inputs may still be on
+      // their way (a guest answering its completions); may pause again.
+      this.#needInput = true;
+    }
     try {
       for (let n = 0; n < MAX_EVENTS_PER_WAKE; n++) {
         const tick = this.#nextTick();
@@ -341,16 +404,31 @@ export class TimedBus {
           if (end > now) break;
           if (first) {
             first = false;
-            if (now - end > BEHIND_NS) this.#behind++;
+            if (!resumed && now - end > BEHIND_NS) this.#behind++;
           }
           this.#finish(now);
           continue;
         }
         const start = this.#pending > 0 ? this.#earliestStart() : Number.POSITIVE_INFINITY;
-        if (tick <= start) {
+        if (tick <= start && tick !== Number.POSITIVE_INFINITY) {
           if (tick > now) break;
           this.#idleError(tick);
           continue;
+        }
+        // About to arbitrate (or to go idle) in the past: let the host read its inputs first.
+        const at = start === Number.POSITIVE_INFINITY ? this.#busFree : start;
+        if (
+          this.#needInput &&
+          now - at > PAUSE_FOR_INPUT_NS &&
+          (this.#fruitless < MIN_FRUITLESS_PAUSES || now - this.#fruitlessSince < MAX_PAUSE_NS)
+        ) {
+          if (this.#fruitless === 0) this.#fruitlessSince = now;
+          this.#pausedAt = at;
+          this.#needInput = false;
+          this.#fruitless++;
+          this.#pauses++;
+          this.#resumeAt = this.#fruitless <= 2 ? Number.NEGATIVE_INFINITY : now + RETRY_PAUSE_NS;
+          break;
         }
         if (start > now) break;
         this.#arbitrate(start);
@@ -378,6 +456,7 @@ export class TimedBus {
       lateFrames: this.#lateFrames,
       behind: this.#behind,
       wakeups: this.#wakeups,
+      pauses: this.#pauses,
     };
   }
 
@@ -525,6 +604,8 @@ export class TimedBus {
       port.txq.shift();
       this.#pending--;
       const late = now - end;
+      // Ran out of frames while catching up: its owner may have more once it sees this completion.
+      if (port.txq.size === 0 && late > PAUSE_FOR_INPUT_NS) this.#needInput = true;
       this.lateness.record(late);
       if (late > BEHIND_NS) this.#lateFrames++;
       if (port.tec > 0) port.tec = Math.max(port.tec - 1, port.tecFloor);

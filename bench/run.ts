@@ -15,6 +15,8 @@
  *   scale  1, 4, 16 guests on one bus, all sending and receiving; daemon CPU per frame; the 16-guest
  *          daemon also gives the idle CPU and the memory figures.
  *   prof   the tp 8-byte / 64-per-kick scenario with the daemon under --cpu-prof; top self time.
+ *   timed  the timed bus (--bitrate): delivered/exact rate at 125k/500k/1M, per-frame timing error,
+ *          idle CPU, how many guests on 1 Mbit/s buses one daemon keeps on time; untimed baseline.
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
@@ -36,6 +38,7 @@ import { measureLat, reportLat } from './phases/lat.js';
 import { measureProf, reportProf } from './phases/prof.js';
 import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
+import { measureTimed, reportTimed } from './phases/timed.js';
 import { measureTp, reportTp } from './phases/tp.js';
 
 // ---- configuration --------------------------------------------------------------------------------
@@ -85,8 +88,16 @@ function parseConfig(argv: readonly string[]): Config | null {
       idleMs: quick ? 3000 : 10_000,
     },
     phaseLimitMs: quick
-      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000 }
-      : { tp: 420_000, rx: 150_000, lat: 180_000, scale: 180_000, prof: 90_000, con: 120_000 },
+      ? { tp: 120_000, rx: 60_000, lat: 60_000, scale: 60_000, prof: 60_000, con: 60_000, timed: 90_000 }
+      : {
+          tp: 420_000,
+          rx: 150_000,
+          lat: 180_000,
+          scale: 180_000,
+          prof: 90_000,
+          con: 120_000,
+          timed: 180_000,
+        },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
   };
@@ -116,6 +127,7 @@ function report(res: Results): string {
   reportScale(res, out);
   reportProf(res, out);
   reportCon(res, out);
+  reportTimed(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -124,6 +136,8 @@ function report(res: Results): string {
     ...res.scale,
     ...(res.con?.flows ?? []),
     ...(res.con?.latency ?? []),
+    ...(res.timed?.rates ?? []),
+    ...(res.timed?.scale ?? []),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -189,6 +203,7 @@ async function main(): Promise<number> {
     memory: [],
     profile: null,
     con: null,
+    timed: null,
     errors: [],
     notes: [],
   };
@@ -203,6 +218,7 @@ async function main(): Promise<number> {
     scale: measureScale,
     prof: measureProf,
     con: measureCon,
+    timed: measureTimed,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

@@ -13,7 +13,7 @@ import { machineCpu } from './proc.js';
 import type { FrameSpec } from './protocol.js';
 import { WorkerClient } from './worker-client.js';
 
-export const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con'] as const;
+export const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con', 'timed'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface Config {
@@ -94,9 +94,14 @@ export class Ctx {
     await this.startWorkers();
   }
 
-  async daemon(sockets: number, label: string, nodeFlags: string[] = []): Promise<DaemonProcess> {
+  async daemon(
+    sockets: number,
+    label: string,
+    nodeFlags: string[] = [],
+    extra: { args?: string[]; buses?: number } = {},
+  ): Promise<DaemonProcess> {
     this.checkCancelled();
-    const d = await DaemonProcess.start({ build: this.build, sockets, label, nodeFlags });
+    const d = await DaemonProcess.start({ build: this.build, sockets, label, nodeFlags, ...extra });
     this.daemons.add(d);
     return d;
   }

@@ -22,6 +22,18 @@ export interface BusStatsLine {
   droppedOverflow: number;
   /** Frame copies the bus allocated so far (the rest were reused). */
   framesAllocated: number;
+  /** A timed bus (--bitrate): busy seconds, delivery lateness (us, cumulative), late wake-ups. */
+  timing: {
+    busyS: number;
+    busTimeS: number;
+    clockS: number;
+    lateP50Us: number;
+    lateP99Us: number;
+    lateMaxUs: number;
+    behind: number;
+    pauses: number;
+    wakeups: number;
+  } | null;
 }
 
 /** A host SocketCAN interface's counters (SocketCanStats). */
@@ -45,6 +57,8 @@ export interface DaemonStats {
   atNs: bigint;
   sockets: SocketStats[];
   bus: BusStatsLine;
+  /** Every bus line of the dump (`bus` is the first). */
+  buses: BusStatsLine[];
   process: ProcessStatsLine | null;
   /** One line per host SocketCAN interface (none on virtual buses). */
   hosts: HostStatsLine[];
@@ -58,10 +72,13 @@ export interface DaemonStartOptions {
   /** Extra daemon arguments. */
   args?: string[];
   label: string;
+  /** Bus lines a stats dump has (default 1: the dump ends at the first). */
+  buses?: number;
 }
 
 interface StatsWaiter {
   sockets: SocketStats[];
+  buses: BusStatsLine[];
   hosts: HostStatsLine[];
   process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
@@ -71,6 +88,7 @@ interface StatsWaiter {
 
 export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
   readonly sockets: number;
+  readonly busCount: number;
 
   private constructor(opts: DaemonStartOptions) {
     super({
@@ -92,6 +110,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       ],
     });
     this.sockets = opts.sockets;
+    this.busCount = opts.buses ?? 1;
   }
 
   /** Spawns the daemon and waits until it listens. */
@@ -121,7 +140,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       });
       // The bus line follows at once, but there is none before the first guest created the bus.
       if (w.sockets.length === this.sockets) {
-        const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0 };
+        const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0, timing: null };
         w.timer = setTimeout(() => this.finishStats(w, none), 200);
       }
     } else if (typeof o.host === 'string') {
@@ -132,12 +151,27 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
         txFrames: Number(o.txFrames ?? 0),
       });
     } else if (typeof o.bus === 'string') {
-      this.finishStats(w, {
+      w.buses.push({
         bus: o.bus,
         frames: Number(o.frames),
         droppedOverflow: Number(o.droppedOverflow),
         framesAllocated: Number(o.framesAllocated ?? 0),
+        timing:
+          o.busyS === undefined
+            ? null
+            : {
+                busyS: Number(o.busyS),
+                busTimeS: Number(o.busTimeS),
+                clockS: Number(o.clockS),
+                lateP50Us: Number(o.lateP50Us),
+                lateP99Us: Number(o.lateP99Us),
+                lateMaxUs: Number(o.lateMaxUs),
+                behind: Number(o.behind),
+                pauses: Number(o.pauses),
+                wakeups: Number(o.wakeups),
+              },
       });
+      if (w.buses.length >= this.busCount) this.finishStats(w, w.buses[0]!);
     }
   }
 
@@ -149,6 +183,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       atNs: process.hrtime.bigint(),
       sockets: w.sockets,
       bus,
+      buses: w.buses.length > 0 ? w.buses : [bus],
       process: w.process,
       hosts: w.hosts,
     });
@@ -157,7 +192,15 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
   /** The daemon's counters, through SIGUSR1 (one dump at a time). */
   stats(timeoutMs = 10_000): Promise<DaemonStats> {
     return this.dump(
-      (resolve, reject) => ({ sockets: [], hosts: [], process: null, timer: null, resolve, reject }),
+      (resolve, reject) => ({
+        sockets: [],
+        buses: [],
+        hosts: [],
+        process: null,
+        timer: null,
+        resolve,
+        reject,
+      }),
       timeoutMs,
     );
   }

@@ -1,4 +1,6 @@
 /** The shapes of the benchmark's results (bench/results/*.json). */
+
+import type { TimedResults } from '../phases/timed.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
 import type { FrameName } from './context.js';
 import type { CpuShares } from './harness.js';
@@ -106,6 +108,8 @@ export interface Results {
   memory: MemoryRow[];
   profile: (ProfileSummary & { flow: FlowResult }) | null;
   con: { flows: ConFlowResult[]; latency: ConLatencyResult[]; idle: ConIdleResult | null } | null;
+  /** Phase timed (bench/phases/timed.ts). */
+  timed: TimedResults | null;
   errors: { phase: string; error: string }[];
   notes: string[];
 }

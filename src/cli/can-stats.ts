@@ -40,6 +40,9 @@ export function formatStats(can: CanDaemon): LogFields[] {
         : {
             bitrate: b.timing.bitrate,
             dataBitrate: b.timing.dataBitrate,
+            busyS: b.timing.busySeconds.toFixed(6),
+            busTimeS: b.timing.busTimeSeconds.toFixed(6),
+            clockS: b.timing.clockSeconds.toFixed(6),
             busErrors: b.timing.busErrors,
             arbitrationLost: b.timing.arbitrationLost,
             pending: b.timing.pending,
@@ -49,6 +52,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
             lateFrames: b.timing.lateFrames,
             behind: b.timing.behind,
             wakeups: b.timing.wakeups,
+            pauses: b.timing.pauses,
           }),
     });
   }

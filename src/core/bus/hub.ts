@@ -1375,7 +1375,7 @@ export class CanHub {
       })),
       busLoad: e.load.load(e.clock()),
       framePool: e.pool.stats(),
-      timing: e.timed?.stats() ?? null,
+      timing: e.timed === null ? null : e.timed.stats(e.relNow()),
       faults: e.faultList.length,
     };
   }

@@ -221,6 +221,13 @@ export interface TimedBusStats {
   readonly wakeups: number;
   /** Late wake-ups that paused to read the host's inputs before arbitrating in the past. */
   readonly pauses: number;
+  /**
+   * The bus's present (end of the last thing it carried) and the host clock now, both in seconds
+   * from the bus's origin: over a window, busy/bus-time is how saturated the bus was and
+   * bus-time/clock how well it kept real time (their product: delivered rate / exact rate).
+   */
+  readonly busTimeSeconds: number;
+  readonly clockSeconds: number;
 }
 
 export class TimedBus {
@@ -438,7 +445,8 @@ export class TimedBus {
     }
   }
 
-  stats(): TimedBusStats {
+  /** `now`: the host clock (bus time), for `clockSeconds`. */
+  stats(now: number): TimedBusStats {
     const h = this.lateness;
     return {
       bitrate: this.bitrate,
@@ -457,6 +465,8 @@ export class TimedBus {
       behind: this.#behind,
       wakeups: this.#wakeups,
       pauses: this.#pauses,
+      busTimeSeconds: this.#busFree / 1e9,
+      clockSeconds: now / 1e9,
     };
   }
 

@@ -3,6 +3,7 @@
  * ports, or drive any vhost-user back-end with the TypeScript front-end.
  */
 export { type CanFrame, formatCandump, makeCanFrame, parseCandump } from './core/bus/can-frame.js';
+export type { AckMode, ActiveFault, BusTiming, FaultOptions, PortFault } from './core/bus/faults.js';
 export type { FramePoolStats } from './core/bus/frame-pool.js';
 export {
   type AttachOptions,
@@ -29,6 +30,7 @@ export {
   type BusSpec,
   type CanDaemon,
   type CanDaemonOptions,
+  type FaultRequest,
   startCanDaemon,
 } from './node/can/can-daemon.js';
 export { CanTestDriver } from './node/frontend/can-driver.js';

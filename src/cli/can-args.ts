@@ -249,10 +249,12 @@ DESCRIPTION
     Without --can-devices every guest joins one in-process virtual bus: no kernel modules, no root.
 
 BUS NAMES
-    Every option that names a bus (--link, --capture, --replay, socketcand's "open") uses one
-    name per bus: "default" for the default virtual bus, NAME for virtual:NAME, the interface
-    name (vcan0, can0) for a host interface. A virtual bus named like a host interface in use is
-    an error. A bus that only such options name (no guest on it) is a virtual bus.
+    Every option that names a bus (--link, --capture, --replay, --bitrate, --ack, --fault,
+    socketcand's "open") uses one name per bus: "default" for the default virtual bus, NAME for
+    virtual:NAME, the interface name (vcan0, can0) for a host interface. A virtual bus named
+    like a host interface in use is an error. A bus that only --link, --capture or --replay
+    name (no guest on it) is a virtual bus; --bitrate, --ack and --fault need a bus that a
+    guest or one of those uses.
 
 OPTIONS
     -s, --socket-path PATH

@@ -207,4 +207,30 @@ describe('timed bus through real vhost-user guests', () => {
     assert.equal(b.faults, 0);
     assert.equal(b.timing!.bitrate, 500_000);
   });
+
+  test('a bus-off fault from the start: the guest goes bus-off at its first frame, again after a restart, until cleared', async (t) => {
+    const { can, paths } = startTestDaemon(t, {
+      sockets: 1,
+      faults: [{ bus: 'default', port: 'guest0', fault: { kind: 'bus-state', state: 'bus-off' } }],
+    });
+    const obs = tap(can.hubFor(0));
+    const a = await startDriver(t, paths[0]!);
+    assert.equal(await a.drv.startController(), 0);
+    assert.equal(await a.drv.send({ id: 0x55 }), 1, 'refused: bus-off');
+    assert.equal(await a.drv.readStatus(), 1);
+    assert.equal(await a.drv.stopController(), 0);
+    assert.equal(await a.drv.startController(), 0);
+    assert.equal(await a.drv.readStatus(), 0, 'restarted');
+    assert.equal(await a.drv.send({ id: 0x56 }), 1, 'bus-off again while the fault holds');
+    const [f] = can.hubFor(0).faults();
+    assert.equal(f!.hits, 2);
+    assert.equal(can.hubFor(0).clearFaults(), 1);
+    assert.equal(await a.drv.stopController(), 0);
+    assert.equal(await a.drv.startController(), 0);
+    assert.equal(await a.drv.send({ id: 0x57 }), 0);
+    assert.deepEqual(
+      obs.frames.map((x) => x.id),
+      [0x57],
+    );
+  });
 });

@@ -3,7 +3,7 @@
 // timerfd wake-ups. Rates are measured over many frames against wall-clock time, so a loaded
 // machine (late wake-ups) does not make them fail: the bus catches up without losing time.
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { describe, type TestContext, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CanErr, type CanErrorFrame } from '../../src/core/bus/can-error.js';
 import { type CanFrame, makeCanFrame } from '../../src/core/bus/can-frame.js';
@@ -44,70 +44,86 @@ function exactNs(f: CanFrame, bitrate: number): number {
 }
 
 describe('timed bus through real vhost-user guests', () => {
+  /**
+   * One measurement on a fresh daemon: asserts what does not depend on the machine's load (every
+   * frame completed OK, none shortened, busy time = frames x exact length) and returns the
+   * delivered/exact rate with a description.
+   */
+  async function measureRate(t: TestContext, bitrate: number): Promise<{ ratio: number; what: string }> {
+    const { can, paths } = startTestDaemon(t, { sockets: 1, timing: { default: { bitrate } } });
+    const hub = can.hubFor(0);
+    const obs = tap(hub);
+    // A deep ring (512 frames in flight) so the in-process driver, which shares the event loop
+    // with the daemon, keeps the bus saturated through garbage-collection pauses.
+    const tx = await startDriver(t, paths[0]!, { queueSize: 1024, timeoutMs: 20_000 });
+    assert.equal(await tx.drv.startController(), 0);
+    // Zero bytes: stuffing adds about 10 % (a bus that ignored stuffing would be 10 % fast).
+    const seconds = 2.2;
+    const one = makeCanFrame({ id: 0x100, data: new Uint8Array(8) });
+    const perFrame = exactNs(one, bitrate);
+    const n = Math.ceil((seconds * 1e9) / perFrame);
+    const frames = Array.from({ length: n }, () => ({ id: 0x100, data: new Array<number>(8).fill(0) }));
+    const results = await flood(tx.drv, frames);
+    assert.ok(
+      results.every((r) => r === 0),
+      'every transmission completed OK',
+    );
+    await waitFor('all frames at the tap', () => (obs.frames.length === n ? true : undefined), 10_000);
+    // Bus time: each frame its exact length (stuff bits included), back to back unless the
+    // sender ran dry (idle time is counted, never negative: no frame is shortened).
+    const first = Math.floor(n / 10);
+    let idleNs = 0;
+    let gaps = 0;
+    for (let i = first + 1; i < n; i++) {
+      const d = Number(obs.frames[i]!.timestampNs - obs.frames[i - 1]!.timestampNs) - perFrame;
+      assert.ok(d > -1, `frame ${i} ends ${d} ns early`);
+      if (d > 1) {
+        idleNs += d;
+        gaps++;
+      }
+    }
+    const span = Number(obs.frames[n - 1]!.timestampNs - obs.frames[first]!.timestampNs);
+    // Against wall-clock time: arrival = ideal end + lateness. Lateness comes and goes with the
+    // machine's load; the bus keeps real time when the smallest lateness does not drift. Take
+    // the least late frame of the first and of the last eighth of the window.
+    const eighth = Math.floor((n - first) / 8);
+    const least = (from: number): { at: number; late: number } => {
+      let best = { at: 0, late: Number.POSITIVE_INFINITY };
+      for (let i = from; i < from + eighth; i++) {
+        const late = Number(obs.arrivals[i]! - obs.frames[i]!.timestampNs);
+        if (late < best.late) best = { at: Number(obs.frames[i]!.timestampNs), late };
+      }
+      return best;
+    };
+    const a = least(first);
+    const b = least(n - eighth);
+    const drift = (b.late - a.late) / (b.at - a.at);
+    // Delivered rate (frames per wall-clock second) over the exact rate: frames x their exact
+    // length over the bus time they spanned, scaled by how bus time relates to wall time.
+    const ratio = ((n - 1 - first) * perFrame) / (span * (1 + drift));
+    const tm = hub.stats().timing!;
+    const noStuffing = (47 + 64) / frameBits(one, false, false, { nominal: 0, data: 0, stuff: 0 }).nominal;
+    const what = `${n} frames, delivered/exact ${ratio.toFixed(5)} (exact ${(1e9 / perFrame).toFixed(1)} frames/s); bus time drift ${drift.toExponential(2)}; idle ${gaps} gaps ${(idleNs / 1e6).toFixed(2)} ms; lateness p50 ${tm.lateP50Us} p99 ${tm.lateP99Us} max ${tm.lateMaxUs} us; pauses ${tm.pauses}`;
+    assert.ok(noStuffing < 0.95, 'the frame really has stuff bits');
+    // Busy time: exactly the frames' lengths (no error frames here).
+    assert.ok(Math.abs(tm.busySeconds * 1e9 - n * perFrame) < 1e3, 'busy time = frames x exact length');
+    assert.equal(tm.pending, 0);
+    assert.equal(can.device(0)!.stats.txOk, n);
+    return { ratio, what };
+  }
+
   for (const bitrate of [125_000, 500_000, 1_000_000]) {
     test(`saturated at ${bitrate / 1000} kbit/s: delivers the exact rate within 1 %`, async (t) => {
-      const { can, paths } = startTestDaemon(t, { sockets: 1, timing: { default: { bitrate } } });
-      const hub = can.hubFor(0);
-      const obs = tap(hub);
-      // A deep ring (512 frames in flight) so the in-process driver, which shares the event loop
-      // with the daemon, keeps the bus saturated through garbage-collection pauses.
-      const tx = await startDriver(t, paths[0]!, { queueSize: 1024, timeoutMs: 20_000 });
-      assert.equal(await tx.drv.startController(), 0);
-      // Zero bytes: stuffing adds about 10 % (a bus that ignored stuffing would be 10 % fast).
-      const seconds = 2.2;
-      const one = makeCanFrame({ id: 0x100, data: new Uint8Array(8) });
-      const perFrame = exactNs(one, bitrate);
-      const n = Math.ceil((seconds * 1e9) / perFrame);
-      const frames = Array.from({ length: n }, () => ({ id: 0x100, data: new Array<number>(8).fill(0) }));
-      const results = await flood(tx.drv, frames);
-      assert.ok(
-        results.every((r) => r === 0),
-        'every transmission completed OK',
-      );
-      await waitFor('all frames at the tap', () => (obs.frames.length === n ? true : undefined), 10_000);
-      // Bus time: each frame its exact length (stuff bits included), back to back unless the
-      // sender ran dry (idle time is counted, never negative: no frame is shortened).
-      const first = Math.floor(n / 10);
-      let idleNs = 0;
-      let gaps = 0;
-      for (let i = first + 1; i < n; i++) {
-        const d = Number(obs.frames[i]!.timestampNs - obs.frames[i - 1]!.timestampNs) - perFrame;
-        assert.ok(d > -1, `frame ${i} ends ${d} ns early`);
-        if (d > 1) {
-          idleNs += d;
-          gaps++;
-        }
+      // Wall-clock rates need the host to keep up: a machine busy enough to starve this process for
+      // the whole window makes the frames late (and later and later). Such a window is measured
+      // once more on a fresh daemon; a daemon that is too slow fails both.
+      let r = await measureRate(t, bitrate);
+      t.diagnostic(r.what);
+      if (Math.abs(r.ratio - 1) >= 0.01) {
+        r = await measureRate(t, bitrate);
+        t.diagnostic(`again: ${r.what}`);
       }
-      const span = Number(obs.frames[n - 1]!.timestampNs - obs.frames[first]!.timestampNs);
-      // Against wall-clock time: arrival = ideal end + lateness. Lateness comes and goes with the
-      // machine's load; the bus keeps real time when the smallest lateness does not drift. Take
-      // the least late frame of the first and of the last eighth of the window.
-      const eighth = Math.floor((n - first) / 8);
-      const least = (from: number): { at: number; late: number } => {
-        let best = { at: 0, late: Number.POSITIVE_INFINITY };
-        for (let i = from; i < from + eighth; i++) {
-          const late = Number(obs.arrivals[i]! - obs.frames[i]!.timestampNs);
-          if (late < best.late) best = { at: Number(obs.frames[i]!.timestampNs), late };
-        }
-        return best;
-      };
-      const a = least(first);
-      const b = least(n - eighth);
-      const drift = (b.late - a.late) / (b.at - a.at);
-      // Delivered rate (frames per wall-clock second) over the exact rate: frames x their exact
-      // length over the bus time they spanned, scaled by how bus time relates to wall time.
-      const ratio = ((n - 1 - first) * perFrame) / (span * (1 + drift));
-      const tm = hub.stats().timing!;
-      const noStuffing = (47 + 64) / frameBits(one, false, false, { nominal: 0, data: 0, stuff: 0 }).nominal;
-      t.diagnostic(
-        `${n} frames, delivered/exact ${ratio.toFixed(5)} (exact ${(1e9 / perFrame).toFixed(1)} frames/s); bus time drift ${drift.toExponential(2)}; idle ${gaps} gaps ${(idleNs / 1e6).toFixed(2)} ms; lateness p50 ${tm.lateP50Us} p99 ${tm.lateP99Us} max ${tm.lateMaxUs} us; pauses ${tm.pauses}`,
-      );
-      assert.ok(Math.abs(ratio - 1) < 0.01, `delivered/exact rate ${ratio}`);
-      assert.ok(noStuffing < 0.95, 'the frame really has stuff bits');
-      // Busy time: exactly the frames' lengths (no error frames here).
-      assert.ok(Math.abs(tm.busySeconds * 1e9 - n * perFrame) < 1e3, 'busy time = frames x exact length');
-      assert.equal(tm.pending, 0);
-      assert.equal(can.device(0)!.stats.txOk, n);
+      assert.ok(Math.abs(r.ratio - 1) < 0.01, `delivered/exact rate ${r.ratio}`);
     });
   }
 

@@ -386,7 +386,6 @@ function forceCounters(p: Port, state: BusState): void {
   }
 }
 
-/** The port object handed to owners. Not exported: the hub engine reaches its fields, owners see HubPort. */
 /** A frame a `delay` fault holds back, and when it may go. */
 interface Delayed {
   frame: PooledFrame;
@@ -396,6 +395,7 @@ interface Delayed {
 
 const NO_TYPES: PortAcceptPolicy = Object.freeze({ classic: false, fd: false, rtr: false });
 
+/** The port object handed to owners. Not exported: the hub engine reaches its fields, owners see HubPort. */
 class Port implements HubPort, TimedNode {
   readonly id: number;
   readonly name: string;

@@ -10,6 +10,7 @@
  *     (every bus within 1 % of its exact rate);
  *   - the untimed baseline of the same run: the same flow on an untimed bus.
  */
+import { execFileSync } from 'node:child_process';
 import { sleep } from '../lib/children.js';
 import { type Ctx, FRAMES, log, measured, perS, r1 } from '../lib/context.js';
 import type { DaemonProcess } from '../lib/daemon-process.js';
@@ -21,6 +22,8 @@ export interface TimedFlowResult {
   label: string;
   /** null: the untimed baseline. */
   bitrate: number | null;
+  /** The daemon ran under SCHED_FIFO (chrt -f 10). */
+  realtime: boolean;
   guests: number;
   seconds: number;
   busFramesPerS: number;
@@ -86,14 +89,29 @@ async function connectPairs(
   return { s, r };
 }
 
+/** Puts the daemon under SCHED_FIFO priority 10 (needs root or CAP_SYS_NICE); false when refused. */
+function realtime(d: DaemonProcess): boolean {
+  try {
+    execFileSync('chrt', ['-f', '-p', '10', String(d.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function timedFlow(
   ctx: Ctx,
   bitrate: number | null,
   pairs: number,
   label: string,
-): Promise<TimedFlowResult> {
+  rt = false,
+): Promise<TimedFlowResult | null> {
   const d = await pairsDaemon(ctx, pairs, bitrate, label);
   try {
+    if (rt && !realtime(d)) {
+      log('timed: chrt -f refused (no CAP_SYS_NICE?): no real-time rows');
+      return null;
+    }
     const keys = await connectPairs(ctx, d, pairs);
     await ctx.b.call('drain-start', { keys: keys.r });
     await ctx.a.call('flood-start', { keys: keys.s, frame: FRAMES.classic8, batch: 16 });
@@ -136,6 +154,7 @@ async function timedFlow(
     return {
       label,
       bitrate,
+      realtime: rt,
       guests: 2 * pairs,
       seconds: r1(dt * 1000) / 1000,
       busFramesPerS: perS(frames, dt),
@@ -193,12 +212,23 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
   };
   res.timed = out;
   log('timed: untimed baseline (one pair)');
-  out.baseline = await measured(ctx, 'timed baseline', () => timedFlow(ctx, null, 1, 'untimed'));
+  out.baseline = await measuredOrNull(ctx, 'timed baseline', () => timedFlow(ctx, null, 1, 'untimed'));
   for (const bitrate of [125_000, 500_000, 1_000_000]) {
     log(`timed: one pair at ${bitrate / 1000} kbit/s`);
-    out.rates.push(
-      await measured(ctx, `timed ${bitrate}`, () => timedFlow(ctx, bitrate, 1, `timed-${bitrate}`)),
+    const r = await measuredOrNull(ctx, `timed ${bitrate}`, () =>
+      timedFlow(ctx, bitrate, 1, `timed-${bitrate}`),
     );
+    if (r !== null) out.rates.push(r);
+  }
+  // The same with the daemon under a real-time scheduling class: how much of the lateness is the
+  // daemon waiting for a core the load processes (and the rest of the machine) hold.
+  for (const bitrate of [500_000, 1_000_000]) {
+    log(`timed: one pair at ${bitrate / 1000} kbit/s, daemon under chrt -f 10`);
+    const r = await measuredOrNull(ctx, `timed ${bitrate} rt`, () =>
+      timedFlow(ctx, bitrate, 1, `timed-${bitrate}-rt`, true),
+    );
+    if (r === null) break;
+    out.rates.push(r);
   }
   log(`timed: idle, ${ctx.cfg.idleMs / 1000} s each, timed (500k) and untimed`);
   out.idle = {
@@ -207,9 +237,10 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
   };
   for (const pairs of ctx.cfg.quick ? [1, 2, 4] : [1, 2, 4, 8, 16]) {
     log(`timed: ${2 * pairs} guests on ${pairs} bus(es) at 1 Mbit/s`);
-    const r = await measured(ctx, `timed scale ${pairs}`, () =>
+    const r = await measuredOrNull(ctx, `timed scale ${pairs}`, () =>
       timedFlow(ctx, 1_000_000, pairs, `timed-1M-x${pairs}`),
     );
+    if (r === null) break;
     out.scale.push(r);
     if (!r.deliveredOverExact.every((x) => Math.abs(x - 1) <= ON_TIME)) break; // more will not do better
     out.mostOnTimeAt1M = r.guests;
@@ -217,12 +248,28 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
   }
 }
 
+/** `measured` for flows that may be skipped (null). */
+async function measuredOrNull(
+  ctx: Ctx,
+  label: string,
+  fn: () => Promise<TimedFlowResult | null>,
+): Promise<TimedFlowResult | null> {
+  let skipped = false;
+  const r = await measured(ctx, label, async () => {
+    const x = await fn();
+    if (x !== null) return x;
+    skipped = true;
+    return { cpu: { perRole: {}, machine: 0, other: 0 } } as unknown as TimedFlowResult;
+  });
+  return skipped ? null : r;
+}
+
 /** Tables 8, 9, 10. */
 export function reportTimed(res: Results, out: string[]): void {
   const t = res.timed;
   if (t === null || t === undefined) return;
   const row = (r: TimedFlowResult) => [
-    r.bitrate === null ? 'untimed' : `${r.bitrate / 1000}k`,
+    r.bitrate === null ? 'untimed' : `${r.bitrate / 1000}k${r.realtime ? ' rt' : ''}`,
     r.guests,
     int(r.busFramesPerS),
     r.busyShare.length === 0 ? '-' : fixed(Math.min(...r.busyShare), 4),
@@ -265,6 +312,7 @@ export function reportTimed(res: Results, out: string[]): void {
         'lateness at the two stats dumps moves it by (late1 - late0) / window); deliv/exact = their product =',
         'delivered rate / exact rate (goal within 1 %). Worst bus shown.',
         'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k).',
+        'rt: the daemon under SCHED_FIFO (chrt -f 10), so it does not wait for a core the load processes hold.',
       ],
     ),
   );

@@ -9,7 +9,8 @@
         "native/mmap.c",
         "native/watcher.c",
         "native/can.c",
-        "native/guard.c"
+        "native/guard.c",
+        "native/timer.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],

@@ -19,6 +19,8 @@
  *          socketcand.ts), daemon CPU per frame, beside the in-process bus.
  *   web    the tp flood without --http beside the same flood with one monitor page's requests and
  *          /metrics scraped every second (the cost of watching).
+ *   timed  the timed bus (--bitrate): delivered/exact rate at 125k/500k/1M, per-frame timing error,
+ *          idle CPU, how many guests on 1 Mbit/s buses one daemon keeps on time; untimed baseline.
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
@@ -47,6 +49,7 @@ import { measureProf, reportProf } from './phases/prof.js';
 import { measureRx, reportRx } from './phases/rx.js';
 import { measureScale, reportScale } from './phases/scale.js';
 import { measureSocketcand, reportSocketcand } from './phases/socketcand.js';
+import { measureTimed, reportTimed } from './phases/timed.js';
 import { measureTp, reportTp } from './phases/tp.js';
 import { measureWeb, reportWeb } from './phases/web.js';
 
@@ -108,6 +111,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           web: 90_000,
           net: 90_000,
           cap: 90_000,
+          timed: 90_000,
         }
       : {
           tp: 420_000,
@@ -120,6 +124,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           web: 150_000,
           net: 180_000,
           cap: 180_000,
+          timed: 180_000,
         },
     gateMs: quick ? 1000 : 5000,
     phaseGateMs: quick ? 3000 : 30_000,
@@ -154,6 +159,7 @@ function report(res: Results): string {
   reportWeb(res, out);
   reportNet(res, out);
   reportCap(res, out);
+  reportTimed(res, out);
   const spoilt = [
     ...res.tp,
     ...res.baselineTp,
@@ -166,6 +172,8 @@ function report(res: Results): string {
     ...res.net,
     ...res.netBus,
     ...res.cap.map((c) => c.flow),
+    ...(res.timed?.rates ?? []),
+    ...(res.timed?.scale ?? []),
   ].filter((r) => r.cpu.other > OTHER_LIMIT).length;
   if (spoilt > 0) {
     out.push(
@@ -235,6 +243,7 @@ async function main(): Promise<number> {
     net: [],
     netBus: [],
     cap: [],
+    timed: null,
     errors: [],
     notes: [],
   };
@@ -253,6 +262,7 @@ async function main(): Promise<number> {
     web: measureWeb,
     net: measureNet,
     cap: measureCap,
+    timed: measureTimed,
   };
   for (const p of PHASES) {
     if (!cfg.phases.has(p)) continue;

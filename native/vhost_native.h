@@ -97,6 +97,7 @@ bool vn_init_mmap(napi_env env, napi_value exports);
 bool vn_init_watcher(napi_env env, napi_value exports);
 bool vn_init_can(napi_env env, napi_value exports);
 bool vn_init_guard(napi_env env, napi_value exports);
+bool vn_init_timer(napi_env env, napi_value exports);
 
 /* ---- guard.c: SIGBUS guard for mappings of files the peer may shrink --- */
 

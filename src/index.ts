@@ -4,6 +4,7 @@
  */
 export type { CanErrorFrame } from './core/bus/can-error.js';
 export { type CanFrame, formatCandump, makeCanFrame, parseCandump } from './core/bus/can-frame.js';
+export type { AckMode, ActiveFault, BusTiming, FaultOptions, PortFault } from './core/bus/faults.js';
 export type { FramePoolStats } from './core/bus/frame-pool.js';
 export {
   type AttachOptions,
@@ -45,6 +46,7 @@ export {
   type BusSpec,
   type CanDaemon,
   type CanDaemonOptions,
+  type FaultRequest,
   startCanDaemon,
 } from './node/can/can-daemon.js';
 export { CaptureFile, type CaptureFileOptions, type CaptureFileStats } from './node/capture/capture-file.js';
@@ -62,7 +64,7 @@ export { VhostUserFrontend } from './node/frontend/frontend.js';
 export { GuestRam } from './node/frontend/guest-ram.js';
 export { type CanWeb, startCanWeb, type WebOptions } from './node/http/can-web.js';
 export { type ConsoleWeb, startConsoleWeb } from './node/http/console-web.js';
-export type { FaultControl, PortFault } from './node/http/fault-control.js';
+export type { FaultControl } from './node/http/fault-control.js';
 export { StructuredLogger } from './node/log.js';
 export { type RngDaemon, type RngDaemonOptions, startRngDaemon } from './node/rng/rng-daemon.js';
 export { VhostUserDaemon } from './node/vhost-user/daemon.js';

@@ -13,7 +13,19 @@ import { machineCpu } from './proc.js';
 import type { FrameSpec } from './protocol.js';
 import { WorkerClient } from './worker-client.js';
 
-export const PHASES = ['tp', 'rx', 'lat', 'scale', 'prof', 'con', 'socketcand', 'web', 'net', 'cap'] as const;
+export const PHASES = [
+  'tp',
+  'rx',
+  'lat',
+  'scale',
+  'prof',
+  'con',
+  'socketcand',
+  'web',
+  'net',
+  'cap',
+  'timed',
+] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface Config {
@@ -98,10 +110,10 @@ export class Ctx {
     sockets: number,
     label: string,
     nodeFlags: string[] = [],
-    args: string[] = [],
+    extra: { args?: string[]; buses?: number } = {},
   ): Promise<DaemonProcess> {
     this.checkCancelled();
-    const d = await DaemonProcess.start({ build: this.build, sockets, label, nodeFlags, args });
+    const d = await DaemonProcess.start({ build: this.build, sockets, label, nodeFlags, ...extra });
     this.daemons.add(d);
     return d;
   }

@@ -22,6 +22,18 @@ export interface BusStatsLine {
   droppedOverflow: number;
   /** Frame copies the bus allocated so far (the rest were reused). */
   framesAllocated: number;
+  /** A timed bus (--bitrate): busy seconds, delivery lateness (us, cumulative), late wake-ups. */
+  timing: {
+    busyS: number;
+    busTimeS: number;
+    clockS: number;
+    lateP50Us: number;
+    lateP99Us: number;
+    lateMaxUs: number;
+    behind: number;
+    pauses: number;
+    wakeups: number;
+  } | null;
 }
 
 /** A host SocketCAN interface's counters (SocketCanStats). */
@@ -48,6 +60,8 @@ export interface DaemonStats {
   atNs: bigint;
   sockets: SocketStats[];
   bus: BusStatsLine;
+  /** Every bus line of the dump (`bus` is the first). */
+  buses: BusStatsLine[];
   process: ProcessStatsLine | null;
   /** One line per host SocketCAN interface (none on virtual buses). */
   hosts: HostStatsLine[];
@@ -63,10 +77,13 @@ export interface DaemonStartOptions {
   /** Extra daemon arguments. */
   args?: string[];
   label: string;
+  /** Bus lines a stats dump has (default 1: the dump ends at the first). */
+  buses?: number;
 }
 
 interface StatsWaiter {
   sockets: SocketStats[];
+  buses: BusStatsLine[];
   hosts: HostStatsLine[];
   links: LinkStatsLine[];
   process: ProcessStatsLine | null;
@@ -77,6 +94,7 @@ interface StatsWaiter {
 
 export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
   readonly sockets: number;
+  readonly busCount: number;
 
   private constructor(opts: DaemonStartOptions) {
     super({
@@ -98,6 +116,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       ],
     });
     this.sockets = opts.sockets;
+    this.busCount = opts.buses ?? 1;
   }
 
   /** Spawns the daemon and waits until it listens. */
@@ -127,7 +146,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       });
       // The bus line follows at once, but there is none before the first guest created the bus.
       if (w.sockets.length === this.sockets) {
-        const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0 };
+        const none = { bus: 'none', frames: 0, droppedOverflow: 0, framesAllocated: 0, timing: null };
         w.timer = setTimeout(() => this.finishStats(w, none), 200);
       }
     } else if (typeof o.host === 'string') {
@@ -140,13 +159,28 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
     } else if (typeof o.link === 'string') {
       w.links.push(o as LinkStatsLine);
     } else if (typeof o.bus === 'string' && o.busLoad !== undefined) {
-      // The bus line (the lines of captures, links... name their bus too, without busLoad).
-      this.finishStats(w, {
+      // A bus line (the lines of captures, links... name their bus too, without busLoad).
+      w.buses.push({
         bus: o.bus,
         frames: Number(o.frames),
         droppedOverflow: Number(o.droppedOverflow),
         framesAllocated: Number(o.framesAllocated ?? 0),
+        timing:
+          o.busyS === undefined
+            ? null
+            : {
+                busyS: Number(o.busyS),
+                busTimeS: Number(o.busTimeS),
+                clockS: Number(o.clockS),
+                lateP50Us: Number(o.lateP50Us),
+                lateP99Us: Number(o.lateP99Us),
+                lateMaxUs: Number(o.lateMaxUs),
+                behind: Number(o.behind),
+                pauses: Number(o.pauses),
+                wakeups: Number(o.wakeups),
+              },
       });
+      if (w.buses.length >= this.busCount) this.finishStats(w, w.buses[0]!);
     }
   }
 
@@ -158,6 +192,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       atNs: process.hrtime.bigint(),
       sockets: w.sockets,
       bus,
+      buses: w.buses.length > 0 ? w.buses : [bus],
       process: w.process,
       hosts: w.hosts,
       links: w.links,
@@ -169,6 +204,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
     return this.dump(
       (resolve, reject) => ({
         sockets: [],
+        buses: [],
         hosts: [],
         links: [],
         process: null,

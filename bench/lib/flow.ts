@@ -27,7 +27,12 @@ export interface FlowOptions {
 }
 
 export async function flow(ctx: Ctx, o: FlowOptions): Promise<FlowResult> {
-  const d = await ctx.daemon(2, o.label, o.nodeFlags, o.daemonArgs);
+  const d = await ctx.daemon(
+    2,
+    o.label,
+    o.nodeFlags,
+    o.daemonArgs === undefined ? {} : { args: o.daemonArgs },
+  );
   const { a, b } = ctx;
   try {
     await Promise.all([

@@ -2,6 +2,7 @@
 
 import type { NetResult } from '../phases/net.js';
 import type { ScdRow } from '../phases/socketcand.js';
+import type { TimedResults } from '../phases/timed.js';
 import type { WebResult } from '../phases/web.js';
 import type { ConFlowResult, ConIdleResult, ConLatencyResult } from './console-bench.js';
 import type { FrameName } from './context.js';
@@ -128,6 +129,8 @@ export interface Results {
   netBus: FlowResult[];
   /** Phase cap: the flood with and without captures. */
   cap: CapResult[];
+  /** Phase timed (bench/phases/timed.ts). */
+  timed: TimedResults | null;
   errors: { phase: string; error: string }[];
   notes: string[];
 }

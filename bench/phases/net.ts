@@ -100,8 +100,8 @@ const linkField = (s: DaemonStats, f: string): number => Number(s.links[0]?.[f] 
 async function linkFlow(ctx: Ctx, kind: NetLinkKind, frame: FrameName): Promise<NetResult> {
   const args = kind.args(await freePorts(kind.ports));
   const label = `net-${kind.name.replace(/\W+/g, '-')}-${frame}`;
-  const da = await ctx.daemon(1, `${label}-A`, [], args.a);
-  const db = await ctx.daemon(1, `${label}-B`, [], args.b);
+  const da = await ctx.daemon(1, `${label}-A`, [], { args: args.a });
+  const db = await ctx.daemon(1, `${label}-B`, [], { args: args.b });
   const { a, b } = ctx;
   try {
     for (let i = 0; ; i++) {

@@ -3,14 +3,17 @@
  * A drop-in for rust-vmm's CLI (--socket-path/-s, --socket-count/-c, --can-devices/-d), plus our
  * own options. Every bad input yields a message naming the option and what is expected.
  */
+
+import type { BusTiming } from '../core/bus/faults.js';
 import { type CanFeatureSwitches, DEFAULT_RX_BACKLOG } from '../core/devices/can/can-device.js';
 import { builtinPorts, PORT_KIND_OPTIONS } from '../node/bus/builtin-ports.js';
 import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-registry.js';
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
-import { type BusSpec, busesOf, type CanDaemonOptions } from '../node/can/can-daemon.js';
+import { type BusSpec, busesOf, type CanDaemonOptions, type FaultRequest } from '../node/can/can-daemon.js';
 import { parseCidr, parseHostPort } from '../node/net/addresses.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
+import { parseTimingOptions, TIMING_HELP } from './timing-args.js';
 
 export { socketPaths } from './common-args.js';
 
@@ -31,6 +34,10 @@ export interface CanCliOptions extends CommonOptions {
   socketcand: NonNullable<CanDaemonOptions['socketcand']> | null;
   /** --http (the monitor, metrics and API), null when absent. */
   http: HttpCliOptions | null;
+  /** Timed buses by name (--bitrate, --ack). */
+  timing: Record<string, BusTiming>;
+  /** --fault, in command-line order. */
+  faults: FaultRequest[];
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -104,6 +111,9 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       'socketcand-allow': { type: 'string', multiple: true },
       'socketcand-max-clients': { type: 'string' },
       'socketcand-error-mask': { type: 'string' },
+      bitrate: { type: 'string', multiple: true },
+      ack: { type: 'string', multiple: true },
+      fault: { type: 'string', multiple: true },
     },
     MAX_SOCKET_COUNT,
   );
@@ -148,6 +158,13 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
     ports.map((p) => p.bus),
   );
   if (typeof named === 'string') return { kind: 'error', message: named };
+  const timed = parseTimingOptions(
+    (values.bitrate as string[] | undefined) ?? [],
+    (values.ack as string[] | undefined) ?? [],
+    (values.fault as string[] | undefined) ?? [],
+    named,
+  );
+  if (typeof timed === 'string') return { kind: 'error', message: timed };
   const portOptions: Record<string, string | boolean | undefined> = {};
   for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) {
     const v = values[name] as string | boolean | undefined;
@@ -203,6 +220,8 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       portOptions,
       socketcand,
       http,
+      timing: timed.timing,
+      faults: timed.faults,
     },
   };
 }
@@ -289,10 +308,12 @@ DESCRIPTION
     Without --can-devices every guest joins one in-process virtual bus: no kernel modules, no root.
 
 BUS NAMES
-    Every option that names a bus (--link, --capture, --replay, socketcand's "open") uses one
-    name per bus: "default" for the default virtual bus, NAME for virtual:NAME, the interface
-    name (vcan0, can0) for a host interface. A virtual bus named like a host interface in use is
-    an error. A bus that only such options name (no guest on it) is a virtual bus.
+    Every option that names a bus (--link, --capture, --replay, --bitrate, --ack, --fault,
+    socketcand's "open") uses one name per bus: "default" for the default virtual bus, NAME for
+    virtual:NAME, the interface name (vcan0, can0) for a host interface. A virtual bus named
+    like a host interface in use is an error. A bus that only --link, --capture or --replay
+    name (no guest on it) is a virtual bus; --bitrate, --ack and --fault need a bus that a
+    guest or one of those uses.
 
 OPTIONS
     -s, --socket-path PATH
@@ -331,7 +352,7 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}    --socketcand-listen ADDR:PORT
+${portKindsHelp()}${TIMING_HELP}    --socketcand-listen ADDR:PORT
         Serves every bus over the socketcand protocol (TCP; ADDR an IPv4 address, [IPv6] or
         localhost; socketcand's port is 29536). Clients such as python-can's socketcand
         interface open a bus by its name (BUS NAMES above). Raw mode, broadcast manager mode

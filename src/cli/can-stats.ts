@@ -34,7 +34,48 @@ export function formatStats(can: CanDaemon): LogFields[] {
       ports: b.ports.length,
       // Frame copies the bus ever allocated: stops growing once the bus is warm (they are reused).
       framesAllocated: b.framePool.created,
+      faults: b.faults,
+      ...(b.timing === null
+        ? {}
+        : {
+            bitrate: b.timing.bitrate,
+            dataBitrate: b.timing.dataBitrate,
+            busyS: b.timing.busySeconds.toFixed(6),
+            busTimeS: b.timing.busTimeSeconds.toFixed(6),
+            clockS: b.timing.clockSeconds.toFixed(6),
+            busErrors: b.timing.busErrors,
+            arbitrationLost: b.timing.arbitrationLost,
+            pending: b.timing.pending,
+            lateP50Us: b.timing.lateP50Us,
+            lateP99Us: b.timing.lateP99Us,
+            lateMaxUs: b.timing.lateMaxUs,
+            lateFrames: b.timing.lateFrames,
+            behind: b.timing.behind,
+            wakeups: b.timing.wakeups,
+            pauses: b.timing.pauses,
+          }),
     });
+  }
+  // Error counters and states of the ports of timed buses (and of any port that is not error-active).
+  for (const name of can.hubs.names()) {
+    const hub = can.hubs.get(name);
+    const timed = hub.timing !== null;
+    for (const p of hub.stats().ports) {
+      if (!timed && p.busState === 'error-active' && p.tec === 0 && p.rec === 0) continue;
+      out.push({
+        busPort: p.name,
+        onBus: name,
+        state: p.busState,
+        tec: p.tec,
+        rec: p.rec,
+        txBusErrors: p.stats.txBusErrors,
+        rxBusErrors: p.stats.rxBusErrors,
+        arbitrationLost: p.stats.arbitrationLost,
+        txAborted: p.stats.txAborted,
+        txFaultDropped: p.stats.txFaultDropped,
+        txDelayed: p.stats.txDelayed,
+      });
+    }
   }
   return out;
 }

@@ -32,6 +32,8 @@ main<CanCliOptions>({
       ports: o.ports,
       portOptions: o.portOptions,
       ...(o.socketcand === null ? {} : { socketcand: o.socketcand }),
+      timing: o.timing,
+      faults: o.faults,
       log,
     });
     if (can.socketcand !== null) {

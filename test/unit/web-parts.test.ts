@@ -8,7 +8,7 @@ import { parseHttpOptions } from '../../src/cli/http-args.js';
 import { CanErr, stateErrorFrame } from '../../src/core/bus/can-error.js';
 import { makeCanFrame } from '../../src/core/bus/can-frame.js';
 import { type BusState, CanHub } from '../../src/core/bus/hub.js';
-import { BusStateFaultControl, FaultError, parseFault } from '../../src/node/http/fault-control.js';
+import { FaultError, HubFaultControl, parseFault } from '../../src/node/http/fault-control.js';
 import { describeErrorEvent, parseStreamRequest } from '../../src/node/http/frame-streams.js';
 import { FrameTap, type TapEntry, TapFlag } from '../../src/node/http/frame-tap.js';
 
@@ -174,29 +174,67 @@ test('error events are named from their class bits', () => {
   assert.equal(describeErrorEvent(CanErr.ACK | CanErr.BUSERROR, new Uint8Array(8)), 'no-ack bus-error');
 });
 
-test('bus-state faults: the most severe active fault wins, expiry and clear restore, other kinds are refused', async () => {
-  const { hub } = bus();
+test('faults go to the fault model of their bus: states, durations, drops; timing kinds need a timed bus; one numbering', async () => {
+  // The hub's clock and timer: real time, wake-ups through setTimeout (what the daemon does with a timerfd).
+  const t0 = process.hrtime.bigint();
+  const clock = (): bigint => process.hrtime.bigint() - t0;
+  const timer = (wake: () => void) => {
+    let h: ReturnType<typeof setTimeout> | null = null;
+    return {
+      arm(deadlineNs: number) {
+        if (h !== null) clearTimeout(h);
+        h = setTimeout(wake, Math.max(0, (deadlineNs - Number(clock())) / 1e6));
+      },
+      disarm() {
+        if (h !== null) clearTimeout(h);
+        h = null;
+      },
+      close() {
+        this.disarm();
+      },
+    };
+  };
+  const hub = new CanHub({ name: 'b', clock, timer });
+  const other = new CanHub({ name: 'c', clock, timer });
   const states: BusState[] = [];
   const victim = hub.attach(
     { onFramesAvailable() {}, onBusState: (s) => states.push(s) },
     { name: 'victim' },
   );
-  const fc = new BusStateFaultControl((name) => (name === 'b' ? hub : undefined));
+  other.attach({ onFramesAvailable() {} }, { name: 'victim' });
+  const hubs: Record<string, CanHub> = { b: hub, c: other };
+  const fc = new HubFaultControl(
+    (name: string) => hubs[name],
+    () => Object.keys(hubs),
+  );
   const warn = fc.inject('b', 'victim', { kind: 'bus-state', state: 'error-warning' });
-  const off = fc.inject('b', victim.id, { kind: 'bus-state', state: 'bus-off' }, { durationMs: 30 });
-  assert.equal(victim.busState, 'bus-off');
-  assert.equal(off.until! - off.since, 30);
+  assert.equal(victim.busState, 'error-warning');
+  const inC = fc.inject('c', 'victim', { kind: 'drop', ratio: 0.5 });
+  assert.notEqual(inC.id, warn.id, 'one numbering across buses');
+  // A second fault of the same kind on a port replaces the first.
+  const off = fc.inject('b', victim.id, { kind: 'bus-state', state: 'error-passive' }, { durationMs: 30 });
+  assert.equal(victim.busState, 'error-passive');
+  assert.ok(
+    off.until !== null && Math.abs(off.until - off.since - 30) <= 2,
+    `until ${off.until} since ${off.since}`,
+  );
+  assert.deepEqual(
+    fc.list().map((f) => [f.bus, f.fault.kind]),
+    [
+      ['b', 'bus-state'],
+      ['c', 'drop'],
+    ],
+  );
   await new Promise((r) => setTimeout(r, 80));
-  assert.equal(victim.busState, 'error-warning', 'back to the fault still active');
+  assert.equal(victim.busState, 'error-active', 'the state fault ended by itself');
   assert.deepEqual(
     fc.list().map((f) => f.id),
-    [warn.id],
+    [inC.id],
   );
-  assert.equal(fc.clear(warn.id), true);
-  assert.equal(fc.clear(warn.id), false);
-  assert.equal(victim.busState, 'error-active');
-  assert.deepEqual(states, ['error-warning', 'bus-off', 'error-warning', 'error-active']);
-  assert.equal(hub.stats().errorFrames, 4, 'each change reported to observers');
+  assert.equal(fc.clear(inC.id), true);
+  assert.equal(fc.clear(inC.id), false);
+  assert.deepEqual(fc.list(), []);
+  assert.deepEqual(states, ['error-warning', 'error-passive', 'error-active']);
 
   const code = (fn: () => unknown): string => {
     try {
@@ -208,12 +246,9 @@ test('bus-state faults: the most severe active fault wins, expiry and clear rest
     return 'none';
   };
   assert.equal(
-    code(() => fc.inject('b', 'victim', { kind: 'delay', ms: 5 })),
-    'ERR_FAULT_NOT_AVAILABLE',
-  );
-  assert.equal(
     code(() => fc.inject('b', 'victim', { kind: 'no-ack' })),
     'ERR_FAULT_NOT_AVAILABLE',
+    'an untimed bus has no acknowledgements to miss',
   );
   assert.equal(
     code(() => fc.inject('x', 'victim', { kind: 'bus-state', state: 'bus-off' })),
@@ -227,10 +262,11 @@ test('bus-state faults: the most severe active fault wins, expiry and clear rest
     code(() => fc.inject('b', 'victim', { kind: 'bus-state', state: 'bus-off' }, { durationMs: 0 })),
     'ERR_FAULT_INVALID',
   );
-  // A fault ends with its port.
-  fc.inject('b', 'victim', { kind: 'bus-state', state: 'error-passive' });
-  victim.detach();
-  assert.deepEqual(fc.list(), []);
+  assert.equal(
+    code(() => fc.inject('b', 'victim', { kind: 'delay', ms: 0 })),
+    'ERR_FAULT_INVALID',
+  );
+  assert.equal(fc.injected['bus-state'], 2);
   assert.equal(fc.clearAll(), 0);
   fc.close();
 

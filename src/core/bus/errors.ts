@@ -47,6 +47,8 @@ export const BUS_ERROR_DISPOSITION = {
   ERR_BUS_UNKNOWN_PORT: 'fatal',
   /** A port handler threw during fan-out and no `onHandlerError` was configured; `cause` holds it. */
   ERR_BUS_HANDLER_FAILED: 'fatal',
+  /** A fault that needs a timed bus (bit-rate mismatch, no-ack, error frames) on an untimed one. */
+  ERR_BUS_NOT_TIMED: 'reject',
 } as const satisfies Record<string, BusErrorDisposition>;
 
 export type BusErrorCode = keyof typeof BUS_ERROR_DISPOSITION;

@@ -30,20 +30,33 @@
  * arrays (attach and detach are rare) so fan-out iterates a stable snapshot without copying.
  */
 import { BusLoadMeter } from './bus-load.js';
+import { BUS_STATES, type BusState } from './bus-state.js';
 import { type CanErrorFrame, stateErrorFrame } from './can-error.js';
 import { type CanFrame, canFrameBits, canFrameDataPhaseBits, validateCanFrame } from './can-frame.js';
 import { CanHubError } from './errors.js';
+import {
+  type AckMode,
+  type ActiveFault,
+  type BusTiming,
+  checkFault,
+  checkTiming,
+  type FaultOptions,
+  MAX_FAULT_DURATION_MS,
+  type PortFault,
+  TIMED_FAULT_KINDS,
+} from './faults.js';
 import { FramePool, type FramePoolStats, PooledFrame } from './frame-pool.js';
 import { RingQueue } from './ring-queue.js';
+import {
+  type FaultHits,
+  TimedBus,
+  type TimedBusStats,
+  type TimedHost,
+  type TimedNode,
+  type TxEntry,
+} from './timed-bus.js';
 
-/** Controller state of one port, as a CAN controller would report it (ISO 11898-1 fault confinement). */
-export type BusState = 'error-active' | 'error-warning' | 'error-passive' | 'bus-off';
-export const BUS_STATES: readonly BusState[] = Object.freeze([
-  'error-active',
-  'error-warning',
-  'error-passive',
-  'bus-off',
-]);
+export { BUS_STATES, type BusState };
 
 /**
  * Outcome of `HubPort.transmit`: 'sent' = on the bus (fanned out, or queued for fan-out by the running
@@ -103,6 +116,21 @@ export interface PortStats {
   rxDiscardedClosed: number;
   /** Transmits refused: port detached, hub closed, or the frame failed validation. */
   txRejected: number;
+  // Faults and the timed bus (all 0 on an untimed bus without faults).
+  /** Frames a `drop` fault took off before they reached the bus (the sender was told 'sent'). */
+  txFaultDropped: number;
+  /** Frames a `delay` fault held back (each counted once, when it was held). */
+  txDelayed: number;
+  /** Frames refused because the port was bus-off (timed bus, or a bus-state fault holding it there). */
+  txBusOff: number;
+  /** Frames waiting for the bus that were dropped because the port stopped, went bus-off or left. */
+  txAborted: number;
+  /** Transmission attempts of this port that failed on a timed bus (sent again automatically). */
+  txBusErrors: number;
+  /** Errors this port saw as a receiver on a timed bus (destroyed frames, frames it could not decode). */
+  rxBusErrors: number;
+  /** Arbitrations this port's waiting frame lost on a timed bus. */
+  arbitrationLost: number;
 }
 
 export interface HubPort {
@@ -142,8 +170,14 @@ export interface HubPort {
   readonly receiving: boolean;
   setAcceptPolicy(policy: PortAcceptPolicy): void;
   readonly acceptPolicy: PortAcceptPolicy;
-  /** Last state injected with `CanHub.injectBusState` (informational; the hub does not enforce it). */
+  /**
+   * The controller state: on an untimed bus the last one injected with `CanHub.injectBusState`
+   * (informational, the hub does not enforce it); on a timed bus it follows the error counters.
+   */
   readonly busState: BusState;
+  /** Transmit / receive error counters (ISO 11898-1); they move on a timed bus and with injected states. */
+  readonly tec: number;
+  readonly rec: number;
   readonly stats: Readonly<PortStats>;
   readonly attached: boolean;
   /** Leaves the bus: queued frames are flushed (counted `rxDiscardedClosed`), transmit is refused. Idempotent. */
@@ -202,12 +236,41 @@ export interface CanHubOptions {
    * propagate unchanged.
    */
   readonly onHandlerError?: ((error: unknown, port: HubPort) => void) | undefined;
+  /**
+   * Makes the bus timed (see timed-bus.ts): frames wait for the bus, arbitrate and take their
+   * exact time on the wire; error counters and states follow. Needs `clock` and `timer`.
+   */
+  readonly timing?: BusTiming | undefined;
+  /**
+   * The hub's wake-ups at a deadline of its clock (a timed bus, `delay` faults, fault durations):
+   * called once, with the function to call at the deadline. Without it those features are refused.
+   */
+  readonly timer?: HubTimerFactory | undefined;
 }
+
+/** One wake-up at a time for a hub, at a deadline of the hub's clock (the node layer's timers). */
+export interface HubTimer {
+  /**
+   * Asks for one call of the wake function at `deadlineNs` (hub clock, as a number of ns) or as
+   * soon after as possible; a deadline already past means "as soon as possible". Replaces the
+   * previous request.
+   */
+  arm(deadlineNs: number): void;
+  /** Cancels the request. */
+  disarm(): void;
+  /** Releases the timer (the hub closed). */
+  close(): void;
+}
+
+export type HubTimerFactory = (wake: () => void) => HubTimer;
 
 export interface PortStatsSnapshot {
   readonly id: number;
   readonly name: string;
   readonly stats: Readonly<PortStats>;
+  readonly busState: BusState;
+  readonly tec: number;
+  readonly rec: number;
 }
 
 export interface BusStats {
@@ -227,6 +290,10 @@ export interface BusStats {
   readonly busLoad: number;
   /** The recycled frame copies (see frame-pool.ts): `created` stops growing once the bus is warm. */
   readonly framePool: FramePoolStats;
+  /** A timed bus's figures (null on an untimed bus). `busLoad` is then the real busy share. */
+  readonly timing: TimedBusStats | null;
+  /** Faults injected and not ended (`CanHub.faults()`). */
+  readonly faults: number;
 }
 
 export const CanHubDefaults = {
@@ -284,8 +351,52 @@ interface PendingTx {
   ok: boolean;
 }
 
+/** An injected fault (`CanHub.injectFault`), bound to a port name. */
+interface FaultRecord extends FaultHits {
+  readonly id: number;
+  readonly portName: string;
+  readonly fault: PortFault;
+  readonly durationNs: number | null;
+  /** Bus time it took effect (null: waiting for its port). */
+  since: number | null;
+  /** Bus time it ends by itself (Infinity: until cleared). */
+  until: number;
+  /** The attached port it acts on now. */
+  port: Port | null;
+  hits: number;
+}
+
+/** The counters a forced state implies (ISO 11898-1 thresholds). */
+function forceCounters(p: Port, state: BusState): void {
+  switch (state) {
+    case 'error-active':
+      p.tec = 0;
+      p.rec = 0;
+      break;
+    case 'error-warning':
+      p.tec = Math.min(Math.max(p.tec, 96), 127);
+      p.rec = Math.min(p.rec, 127);
+      break;
+    case 'error-passive':
+      p.tec = Math.min(Math.max(p.tec, 128), 255);
+      break;
+    case 'bus-off':
+      p.tec = Math.max(p.tec, 256);
+      break;
+  }
+}
+
+/** A frame a `delay` fault holds back, and when it may go. */
+interface Delayed {
+  frame: PooledFrame;
+  token: number;
+  due: number;
+}
+
+const NO_TYPES: PortAcceptPolicy = Object.freeze({ classic: false, fd: false, rtr: false });
+
 /** The port object handed to owners. Not exported: the hub engine reaches its fields, owners see HubPort. */
-class Port implements HubPort {
+class Port implements HubPort, TimedNode {
   readonly id: number;
   readonly name: string;
   readonly hub: CanHub;
@@ -299,6 +410,13 @@ class Port implements HubPort {
     rxFiltered: 0,
     rxDiscardedClosed: 0,
     txRejected: 0,
+    txFaultDropped: 0,
+    txDelayed: 0,
+    txBusOff: 0,
+    txAborted: 0,
+    txBusErrors: 0,
+    rxBusErrors: 0,
+    arbitrationLost: 0,
   };
   readonly handler: BusPortHandler;
   readonly queue: RingQueue<CanFrame>;
@@ -318,6 +436,28 @@ class Port implements HubPort {
   wantsErrorFrames = false;
   /** Frames taken from a releasing port and not released yet (guards against stray releases). */
   outstanding = 0;
+  // Fault confinement (timed bus; injected states set them too).
+  tec = 0;
+  rec = 0;
+  tecFloor = 0;
+  /**
+   * Transmits take the slow path (`BusEngine.transmitSpecial`): a timed bus, an active fault, or
+   * frames still held by a delay. One boolean read on the hot path.
+   */
+  special = false;
+  // Active faults of this port (their records count hits).
+  dropFault: FaultRecord | null = null;
+  dropAcc = 0;
+  delayFault: FaultRecord | null = null;
+  delayLine: RingQueue<Delayed> | null = null;
+  stateFault: FaultRecord | null = null;
+  mismatchFault: FaultRecord | null = null;
+  noAckFault: FaultRecord | null = null;
+  /** Frames waiting for a timed bus. */
+  readonly txq = new RingQueue<TxEntry>(4);
+  notBefore = 0;
+  /** The owner's accept policy (the effective one refuses everything while its bit rate is wrong). */
+  ownerPolicy: PortAcceptPolicy = ALL_TYPES;
 
   constructor(engine: BusEngine, id: number, name: string, queueLimit: number, handler: BusPortHandler) {
     this.engine = engine;
@@ -372,6 +512,8 @@ class Port implements HubPort {
     if (!this.attached) return 0;
     this.receiving = on;
     if (on) return 0;
+    // A stopped controller also gives up what it had waiting to transmit.
+    if (this.special) this.engine.abortTx(this);
     let n = 0;
     if (this.confirmsTransmit) {
       // Frames flushed from a confirming port were never transmitted: tell their senders.
@@ -387,8 +529,14 @@ class Port implements HubPort {
   }
 
   setAcceptPolicy(policy: PortAcceptPolicy): void {
-    const p = checkPolicy(policy);
-    this.acceptPolicy = p;
+    this.ownerPolicy = checkPolicy(policy);
+    this.applyPolicy();
+  }
+
+  /** The effective policy: the owner's, or nothing while a bit-rate mismatch makes frames unreadable. */
+  applyPolicy(): void {
+    const p = this.mismatchFault === null ? this.ownerPolicy : NO_TYPES;
+    this.acceptPolicy = this.ownerPolicy;
     this.acceptClassic = p.classic;
     this.acceptFd = p.fd;
     this.acceptRtr = p.rtr;
@@ -404,7 +552,7 @@ class Port implements HubPort {
 }
 
 /** The fan-out engine behind a CanHub (kept apart so CanHub's public surface stays the documented one). */
-class BusEngine {
+class BusEngine implements TimedHost {
   readonly hub: CanHub;
   readonly hubName: string;
   readonly queueLimit: number;
@@ -435,6 +583,25 @@ class BusEngine {
   readonly awaiting = new Map<CanFrame, PendingTx>();
   /** Tokens of frames deferred by a nested transmit (parallel to pendingFrames). */
   readonly pendingTokens = new RingQueue<number>();
+  /** Present on a timed bus. */
+  readonly timed: TimedBus | null;
+  readonly timerFactory: HubTimerFactory | undefined;
+  timer: HubTimer | null = null;
+  /** Bus time the timer is armed for (Infinity: not armed). */
+  armedAt = Number.POSITIVE_INFINITY;
+  /** Inside onWake: arming waits for its end. */
+  waking = false;
+  /**
+   * Hub clock value of bus time 0 (bus times are numbers of ns from here): read at creation on a
+   * timed bus, at the first need otherwise (so an untimed hub reads its clock only for frames).
+   */
+  origin = 0n;
+  originNum = 0;
+  originSet = false;
+  /** Hub clock of the timed bus's last event (timestamps of the state changes it causes). */
+  eventNs = 0n;
+  readonly faultList: FaultRecord[] = [];
+  nextFaultId = 1;
 
   constructor(hub: CanHub, opts: CanHubOptions) {
     this.hub = hub;
@@ -446,6 +613,441 @@ class BusEngine {
     if (typeof clock !== 'function') throw invalid('clock must be a function returning bigint nanoseconds');
     this.clock = clock;
     this.onHandlerError = opts.onHandlerError;
+    if (opts.timer !== undefined && typeof opts.timer !== 'function') {
+      throw invalid('timer must be a function (wake) => HubTimer');
+    }
+    this.timerFactory = opts.timer;
+    if (opts.timing === undefined) {
+      this.timed = null;
+    } else {
+      const t = checkTiming(opts.timing);
+      if (typeof t === 'string') throw invalid(`hub ${this.hubName}: ${t}`);
+      if (opts.clock === undefined || opts.timer === undefined) {
+        throw invalid(`hub ${this.hubName}: a timed bus needs a clock and a timer`);
+      }
+      this.timed = new TimedBus(t, this);
+      this.relNow();
+    }
+  }
+
+  // ---- time and wake-ups ----------------------------------------------------------------------
+
+  /** Bus time now (ns from the origin). */
+  relNow(): number {
+    const now = this.clock();
+    if (!this.originSet) {
+      this.originSet = true;
+      this.origin = now;
+      this.originNum = Number(now);
+    }
+    return Number(now - this.origin);
+  }
+
+  stamp(t: number): bigint {
+    return this.origin + BigInt(Math.round(t));
+  }
+
+  /** Arms the wake-up at bus time `t` unless one is armed earlier (or onWake will re-arm). */
+  armAt(t: number): void {
+    if (this.waking || t >= this.armedAt || this.closed) return;
+    this.armedAt = t;
+    this.timer ??= this.timerFactory!(() => this.onWake());
+    // A deadline in the past (or -Infinity: "at once") fires as soon as the event loop polls.
+    this.timer.arm(this.originNum + (t > 0 ? t : 0));
+  }
+
+  /** Arms for the earliest thing that is due next (or disarms). */
+  rearm(): void {
+    let t = Number.POSITIVE_INFINITY;
+    if (this.timed !== null) t = this.timed.nextEvent();
+    for (const p of this.ports) {
+      const d = p.delayLine?.peek();
+      if (d !== undefined && d.due < t) t = d.due;
+    }
+    for (const r of this.faultList) if (r.until < t) t = r.until;
+    this.armedAt = Number.POSITIVE_INFINITY;
+    if (t === Number.POSITIVE_INFINITY) this.timer?.disarm();
+    else this.armAt(t);
+  }
+
+  /** The timer fired: fault ends, delayed frames, the timed bus's events; then re-arm. */
+  onWake(): void {
+    if (this.closed) return;
+    this.armedAt = Number.POSITIVE_INFINITY;
+    this.waking = true;
+    try {
+      const now = this.relNow();
+      for (const r of [...this.faultList]) if (r.until <= now) this.removeFault(r);
+      for (const p of this.ports)
+        if (p.delayLine !== null && p.delayLine.size > 0) this.releaseDelayed(p, now);
+      this.timed?.advance(now);
+    } finally {
+      this.waking = false;
+    }
+    this.rearm();
+    this.throwIfFailed('a bus wake-up');
+  }
+
+  /** Throws ERR_BUS_HANDLER_FAILED for a handler failure recorded meanwhile (no onHandlerError). */
+  throwIfFailed(what: string): void {
+    if (!this.failed) return;
+    const cause = this.firstError;
+    const portName = this.failedPortName;
+    this.failed = false;
+    this.firstError = undefined;
+    this.failedPortName = '';
+    throw new CanHubError(
+      'ERR_BUS_HANDLER_FAILED',
+      `hub ${this.hubName}: handler of port ${portName} threw during ${what}`,
+      { cause },
+    );
+  }
+
+  // ---- the slow transmit path: timed bus, faults --------------------------------------------
+
+  /** Whether `p`'s transmits take the slow path. */
+  refreshSpecial(p: Port): void {
+    p.special =
+      this.timed !== null ||
+      p.dropFault !== null ||
+      p.delayFault !== null ||
+      p.stateFault !== null ||
+      p.mismatchFault !== null ||
+      p.noAckFault !== null ||
+      (p.delayLine !== null && p.delayLine.size > 0);
+  }
+
+  transmitSpecial(sender: Port, frame: CanFrame, token: number | undefined): TxResult {
+    if (!sender.attached || validateCanFrame(frame) !== null) {
+      sender.stats.txRejected++;
+      return 'dropped';
+    }
+    const held = sender.stateFault;
+    if (sender.busState === 'bus-off' && (this.timed !== null || held !== null)) {
+      // A bus-off controller cannot send: refused, and its owner is told again.
+      sender.stats.txBusOff++;
+      if (held !== null) held.hits++;
+      this.tellOwner(sender, 'bus-off');
+      return 'dropped';
+    }
+    if (held !== null && (held.fault as { state: BusState }).state === 'bus-off') {
+      // Restarted while the fault holds it: bus-off again at its first transmission.
+      held.hits++;
+      sender.stats.txBusOff++;
+      this.forceState(sender, 'bus-off', false);
+      return 'dropped';
+    }
+    const drop = sender.dropFault;
+    if (drop !== null) {
+      sender.dropAcc += (drop.fault as { ratio: number }).ratio;
+      if (sender.dropAcc >= 1 - 1e-9) {
+        sender.dropAcc -= 1;
+        drop.hits++;
+        sender.stats.txFaultDropped++;
+        return 'sent';
+      }
+    }
+    const tok = token ?? -1;
+    const line = sender.delayLine;
+    if (sender.delayFault !== null || (line !== null && line.size > 0)) {
+      // Held back (behind anything still held, so the order stays).
+      const now = this.relNow();
+      const delay = sender.delayFault === null ? 0 : (sender.delayFault.fault as { ms: number }).ms * 1e6;
+      if (sender.delayFault !== null) sender.delayFault.hits++;
+      const copy = this.copy(frame, 0n, sender.id);
+      const q = line ?? new RingQueue<Delayed>();
+      sender.delayLine = q;
+      q.push({ frame: copy, token: tok, due: now + delay });
+      sender.stats.txDelayed++;
+      sender.special = true;
+      this.armAt(now + delay);
+      return tok >= 0 ? 'pending' : 'sent';
+    }
+    if (this.timed !== null) {
+      const copy = this.copy(frame, 0n, sender.id);
+      if (!this.timed.submit(sender, copy, tok, this.relNow())) {
+        copy.drop();
+        sender.stats.txRejected++;
+        return 'dropped';
+      }
+      if (this.timed.idle) this.armAt(this.relNow());
+      return tok >= 0 ? 'pending' : 'sent';
+    }
+    return this.transmit(sender, frame, token, true);
+  }
+
+  /** Puts the frames of `p` whose delay ended on the bus, in order. */
+  releaseDelayed(p: Port, now: number): void {
+    const line = p.delayLine!;
+    for (let d = line.peek(); d !== undefined && d.due <= now; d = line.peek()) {
+      line.shift();
+      if (!p.attached) {
+        d.frame.drop();
+        continue;
+      }
+      if (this.timed !== null) {
+        if (!this.timed.submit(p, d.frame, d.token, d.due)) {
+          d.frame.drop();
+          p.stats.txRejected++;
+          if (d.token >= 0) this.completeTx(p, d.token, false);
+        }
+        continue;
+      }
+      const r = this.transmit(p, d.frame, d.token >= 0 ? d.token : undefined, true);
+      d.frame.drop();
+      if (d.token >= 0 && r !== 'pending') this.completeTx(p, d.token, r === 'sent');
+    }
+    this.refreshSpecial(p);
+  }
+
+  /** Drops what `p` has waiting to transmit (timed queue, delay line); its senders' requests fail. */
+  abortTx(p: Port): void {
+    let n = 0;
+    if (this.timed !== null) n += this.timed.abort(p);
+    const line = p.delayLine;
+    if (line !== null) {
+      for (let d = line.shift(); d !== undefined; d = line.shift()) {
+        n++;
+        d.frame.drop();
+        if (d.token >= 0) this.completeTx(p, d.token, false);
+      }
+    }
+    p.stats.txAborted += n;
+    this.refreshSpecial(p);
+  }
+
+  // ---- TimedHost --------------------------------------------------------------------------------
+
+  nodes(): readonly TimedNode[] {
+    return this.ports;
+  }
+
+  deliver(frame: PooledFrame, sender: TimedNode, token: number): void {
+    const s = sender as Port;
+    const payload = frame.rtr ? 0 : frame.len;
+    s.stats.txFrames++;
+    s.stats.txBytes += payload;
+    this.frames++;
+    this.bytes += payload;
+    this.bits += canFrameBits(frame);
+    let confirming = 0;
+    this.delivering = true;
+    try {
+      confirming = this.fanOut(frame, s, token);
+    } finally {
+      this.delivering = false;
+    }
+    frame.drop();
+    if (token >= 0 && confirming === 0) this.completeTx(s, token, true);
+  }
+
+  fail(sender: TimedNode, token: number): void {
+    this.completeTx(sender as Port, token, false);
+  }
+
+  changeState(port: TimedNode, state: BusState): void {
+    try {
+      this.setState(port as Port, state, false, this.eventNs);
+    } catch (err) {
+      this.handlerFailed(err, port as Port);
+    }
+  }
+
+  busy(endNs: bigint, seconds: number): void {
+    this.eventNs = endNs;
+    this.load.add(endNs, seconds);
+  }
+
+  emitErrorFrame(frame: CanErrorFrame): void {
+    if (this.closed) return;
+    this.errorFrames++;
+    for (const p of this.ports) {
+      if (!p.wantsErrorFrames || !p.attached) continue;
+      try {
+        p.handler.onErrorFrame?.(frame);
+      } catch (err) {
+        this.handlerFailed(err, p);
+      }
+    }
+  }
+
+  // ---- controller states ------------------------------------------------------------------------
+
+  /**
+   * Records `state`, tells the owner (always, or only on a change), reports a change to observers
+   * (with the counters on a timed bus). Bus-off drops what the port had waiting.
+   */
+  setState(p: Port, state: BusState, always: boolean, timestampNs: bigint): void {
+    const previous = p.busState;
+    p.busState = state;
+    if (state === 'bus-off' && previous !== 'bus-off' && p.special) this.abortTx(p);
+    if (always || previous !== state) p.handler.onBusState?.(state);
+    if (previous !== state) {
+      this.emitErrorFrame(
+        stateErrorFrame(state, {
+          timestampNs,
+          origin: p.id,
+          restarted: previous === 'bus-off',
+          ...(this.timed === null ? {} : { tec: p.tec, rec: p.rec }),
+        }),
+      );
+    }
+  }
+
+  /** A state imposed from outside (injectBusState, a bus-state fault): counters follow it. */
+  forceState(p: Port, state: BusState, always: boolean): void {
+    forceCounters(p, state);
+    if (state === 'error-active') p.notBefore = 0;
+    this.setState(p, state, always, this.clock());
+  }
+
+  tellOwner(p: Port, state: BusState): void {
+    p.handler.onBusState?.(state);
+  }
+
+  // ---- faults -----------------------------------------------------------------------------------
+
+  injectFault(ref: number | string, fault: PortFault, opts: FaultOptions | undefined): number {
+    if (this.closed) throw new CanHubError('ERR_BUS_CLOSED', `hub ${this.hubName} is closed`);
+    const f = checkFault(fault);
+    if (typeof f === 'string') throw invalid(f);
+    if (TIMED_FAULT_KINDS.has(f.kind) && this.timed === null) {
+      throw new CanHubError(
+        'ERR_BUS_NOT_TIMED',
+        `hub ${this.hubName}: a ${f.kind} fault needs a timed bus (give the bus a bit rate)`,
+      );
+    }
+    let durationNs: number | null = null;
+    const ms = opts?.durationMs;
+    if (ms !== undefined) {
+      if (typeof ms !== 'number' || !Number.isFinite(ms) || ms <= 0 || ms > MAX_FAULT_DURATION_MS) {
+        throw invalid(`durationMs must be a number in (0, ${MAX_FAULT_DURATION_MS}], got ${String(ms)}`);
+      }
+      durationNs = ms * 1e6;
+    }
+    if ((durationNs !== null || f.kind === 'delay') && this.timerFactory === undefined) {
+      throw invalid(`hub ${this.hubName}: fault durations and delays need a timer (CanHubOptions.timer)`);
+    }
+    const name = this.portNameOf(ref);
+    // One fault per kind per port: a new one replaces the old. A state fault replaced by another
+    // goes straight to the new state (no error-active in between for observers to see).
+    for (const r of [...this.faultList])
+      if (r.portName === name && r.fault.kind === f.kind) this.removeFault(r, f.kind !== 'bus-state');
+    const rec: FaultRecord = {
+      id: this.nextFaultId++,
+      portName: name,
+      fault: f,
+      durationNs,
+      since: null,
+      until: Number.POSITIVE_INFINITY,
+      port: null,
+      hits: 0,
+    };
+    this.faultList.push(rec);
+    const port = this.ports.find((p) => p.name === name);
+    if (port !== undefined) this.activate(rec, port);
+    if (!this.waking) this.rearm();
+    return rec.id;
+  }
+
+  /** A port's name from its id (must be attached) or its name (need not be). */
+  portNameOf(ref: number | string): string {
+    if (typeof ref === 'number') {
+      const p = this.findPort(ref);
+      if (p === undefined)
+        throw new CanHubError('ERR_BUS_UNKNOWN_PORT', `hub ${this.hubName} has no port ${ref}`);
+      return p.name;
+    }
+    return checkName(ref, 'port name');
+  }
+
+  activate(rec: FaultRecord, p: Port): void {
+    const now = this.relNow();
+    if (rec.since === null) {
+      rec.since = now;
+      if (rec.durationNs !== null) rec.until = now + rec.durationNs;
+    }
+    rec.port = p;
+    const f = rec.fault;
+    switch (f.kind) {
+      case 'drop':
+        p.dropFault = rec;
+        p.dropAcc = 0;
+        break;
+      case 'delay':
+        p.delayFault = rec;
+        break;
+      case 'bitrate-mismatch':
+        p.mismatchFault = rec;
+        p.applyPolicy();
+        break;
+      case 'no-ack':
+        p.noAckFault = rec;
+        break;
+      case 'error-frames':
+        this.timed!.addInjector(p, f.perSecond, now, rec);
+        break;
+      case 'bus-state':
+        p.stateFault = rec;
+        p.tecFloor = f.state === 'error-passive' ? 128 : f.state === 'error-warning' ? 96 : 0;
+        this.refreshSpecial(p);
+        this.forceState(p, f.state, true);
+        break;
+    }
+    this.refreshSpecial(p);
+  }
+
+  deactivate(rec: FaultRecord, restore = true): void {
+    const p = rec.port;
+    rec.port = null;
+    if (p === null) return;
+    const f = rec.fault;
+    switch (f.kind) {
+      case 'drop':
+        p.dropFault = null;
+        break;
+      case 'delay':
+        p.delayFault = null;
+        break;
+      case 'bitrate-mismatch':
+        p.mismatchFault = null;
+        p.applyPolicy();
+        break;
+      case 'no-ack':
+        p.noAckFault = null;
+        break;
+      case 'error-frames':
+        this.timed?.removeInjector(rec);
+        break;
+      case 'bus-state':
+        p.stateFault = null;
+        p.tecFloor = 0;
+        // Back to normal, unless bus-off: a bus-off controller waits for its owner's restart.
+        if (restore && p.attached && p.busState === f.state && f.state !== 'bus-off')
+          this.forceState(p, 'error-active', true);
+        break;
+    }
+    this.refreshSpecial(p);
+  }
+
+  removeFault(rec: FaultRecord, restore = true): void {
+    const i = this.faultList.indexOf(rec);
+    if (i < 0) return;
+    this.faultList.splice(i, 1);
+    this.deactivate(rec, restore);
+  }
+
+  faultSnapshot(r: FaultRecord): ActiveFault {
+    return {
+      id: r.id,
+      port: r.portName,
+      portId: r.port?.id ?? null,
+      fault: r.fault,
+      durationMs: r.durationNs === null ? null : r.durationNs / 1e6,
+      sinceNs: r.since === null ? null : this.stamp(r.since),
+      untilNs: r.since === null || r.until === Number.POSITIVE_INFINITY ? null : this.stamp(r.until),
+      hits: r.hits,
+    };
   }
 
   attach(handler: BusPortHandler, opts: AttachOptions): Port {
@@ -480,6 +1082,9 @@ class BusEngine {
     if (opts.errorFrames === true) port.wantsErrorFrames = true;
     this.ports = Object.freeze([...this.ports, port]);
     this.sizePool();
+    this.refreshSpecial(port);
+    // Faults waiting for a port of this name take effect now.
+    for (const r of this.faultList) if (r.portName === name && r.port === null) this.activate(r, port);
     return port;
   }
 
@@ -488,6 +1093,11 @@ class BusEngine {
     port.attached = false;
     port.receiving = false;
     port.notifyPending = false;
+    if (port.special) {
+      this.abortTx(port);
+      // Its faults wait for the next port of that name (a guest that reconnects).
+      for (const r of this.faultList) if (r.port === port) this.deactivate(r);
+    }
     if (port.confirmsTransmit) {
       this.confirmingPorts--;
       // Frames this port never got to transmit: their senders learn they did not go out.
@@ -527,7 +1137,8 @@ class BusEngine {
     }
   }
 
-  transmit(sender: Port, frame: CanFrame, token?: number): TxResult {
+  transmit(sender: Port, frame: CanFrame, token?: number, plain?: boolean): TxResult {
+    if (sender.special && plain !== true) return this.transmitSpecial(sender, frame, token);
     if (!sender.attached || validateCanFrame(frame) !== null) {
       sender.stats.txRejected++;
       return 'dropped';
@@ -704,8 +1315,11 @@ class BusEngine {
 
   close(): void {
     if (this.closed) return;
-    this.closed = true;
     for (const p of this.ports) this.detach(p);
+    this.closed = true;
+    this.faultList.length = 0;
+    this.timer?.close();
+    this.timer = null;
     this.pendingFrames.clear();
     this.pendingSenders.clear();
     this.pendingTokens.clear();
@@ -753,15 +1367,70 @@ export class CanHub {
       bits: e.bits,
       droppedOverflow: e.droppedOverflow,
       errorFrames: e.errorFrames,
-      ports: e.ports.map((p) => ({ id: p.id, name: p.name, stats: { ...p.stats } })),
+      ports: e.ports.map((p) => ({
+        id: p.id,
+        name: p.name,
+        stats: { ...p.stats },
+        busState: p.busState,
+        tec: p.tec,
+        rec: p.rec,
+      })),
       busLoad: e.load.load(e.clock()),
       framePool: e.pool.stats(),
+      timing: e.timed === null ? null : e.timed.stats(e.relNow()),
+      faults: e.faultList.length,
     };
   }
 
+  /** The timing of a timed bus (null: untimed, frames are delivered at once). */
+  get timing(): { readonly bitrate: number; readonly dataBitrate: number; readonly ack: AckMode } | null {
+    const t = this.#engine.timed;
+    return t === null ? null : { bitrate: t.bitrate, dataBitrate: t.dataBitrate, ack: t.ack };
+  }
+
   /**
-   * Fault injection: records `state` on the port and calls its `onBusState`. The hub itself does not
-   * change delivery (a bus-off port's owner is expected to stop transmitting, as a controller would).
+   * Injects a fault on a port (by id: an attached port; by name: also one that is not attached yet,
+   * the fault then waits for it). A port has one fault of each kind: a second one replaces the
+   * first. Returns the fault's id. Throws `ERR_BUS_INVALID_OPTION` (bad fault or duration, or a
+   * duration/delay on a hub without a timer), `ERR_BUS_NOT_TIMED` (a timing fault on an untimed
+   * bus), `ERR_BUS_UNKNOWN_PORT` (an id no attached port has), `ERR_BUS_CLOSED`.
+   */
+  injectFault(port: number | string, fault: PortFault, opts?: FaultOptions): number {
+    return this.#engine.injectFault(port, fault, opts);
+  }
+
+  /** Ends a fault; false when no fault has that id (it ended or never existed). */
+  clearFault(id: number): boolean {
+    const e = this.#engine;
+    const r = e.faultList.find((x) => x.id === id);
+    if (r === undefined) return false;
+    e.removeFault(r);
+    if (!e.waking) e.rearm();
+    return true;
+  }
+
+  /** Ends every fault, or those of one port (id or name); returns how many ended. */
+  clearFaults(port?: number | string): number {
+    const e = this.#engine;
+    const name = port === undefined ? undefined : e.portNameOf(port);
+    const gone = e.faultList.filter((r) => name === undefined || r.portName === name);
+    for (const r of gone) e.removeFault(r);
+    if (!e.waking) e.rearm();
+    return gone.length;
+  }
+
+  /** The faults in force or waiting for their port, oldest first (snapshots). */
+  faults(): readonly ActiveFault[] {
+    const e = this.#engine;
+    return e.faultList.map((r) => e.faultSnapshot(r));
+  }
+
+  /**
+   * Sets a port's controller state: records it, sets the error counters to match (error-active
+   * resets both to 0: a restart), calls the port's `onBusState` and reports a change to observers.
+   * On an untimed bus the hub does not change delivery (a bus-off port's owner is expected to stop
+   * transmitting, as a controller would); on a timed bus a bus-off port's waiting frames are
+   * dropped and it cannot transmit until it is set back to error-active.
    * Throws `ERR_BUS_UNKNOWN_PORT` / `ERR_BUS_INVALID_OPTION`.
    */
   injectBusState(portIdOrName: number | string, state: BusState): void {
@@ -770,18 +1439,7 @@ export class CanHub {
     if (port === undefined) {
       throw new CanHubError('ERR_BUS_UNKNOWN_PORT', `hub ${this.name} has no port ${String(portIdOrName)}`);
     }
-    const previous = port.busState;
-    port.busState = state;
-    port.handler.onBusState?.(state);
-    if (previous !== state) {
-      this.emitErrorFrame(
-        stateErrorFrame(state, {
-          timestampNs: this.#engine.clock(),
-          origin: port.id,
-          restarted: previous === 'bus-off',
-        }),
-      );
-    }
+    this.#engine.forceState(port, state, true);
   }
 
   /**
@@ -790,17 +1448,7 @@ export class CanHub {
    * Counted in `BusStats.errorFrames`. Never touches the data path.
    */
   emitErrorFrame(frame: CanErrorFrame): void {
-    const e = this.#engine;
-    if (e.closed) return;
-    e.errorFrames++;
-    for (const p of e.ports) {
-      if (!p.wantsErrorFrames || !p.attached) continue;
-      try {
-        p.handler.onErrorFrame?.(frame);
-      } catch (err) {
-        e.handlerFailed(err, p);
-      }
-    }
+    this.#engine.emitErrorFrame(frame);
   }
 
   /** The bus clock (ns), as used for frame timestamps. */
@@ -821,10 +1469,18 @@ export class CanHub {
 export class HubRegistry {
   readonly #hubs = new Map<string, CanHub>();
   readonly #defaults: Omit<CanHubOptions, 'name'>;
+  readonly #perBus: ((name: string) => Omit<CanHubOptions, 'name'> | undefined) | undefined;
 
-  /** `defaults` apply to every hub the registry creates (e.g. the process clock, bit rates). */
-  constructor(defaults: Omit<CanHubOptions, 'name'> = {}) {
+  /**
+   * `defaults` apply to every hub the registry creates (e.g. the process clock, bit rates);
+   * `perBus(name)` adds options for one bus (e.g. the timing of a timed bus).
+   */
+  constructor(
+    defaults: Omit<CanHubOptions, 'name'> = {},
+    perBus?: (name: string) => Omit<CanHubOptions, 'name'> | undefined,
+  ) {
     this.#defaults = defaults;
+    this.#perBus = perBus;
   }
 
   /** The hub called `name`, created on demand (also when the previous one was closed directly). */
@@ -832,7 +1488,7 @@ export class HubRegistry {
     checkName(name, 'bus name');
     let hub = this.#hubs.get(name);
     if (hub === undefined || hub.closed) {
-      hub = new CanHub({ ...this.#defaults, name });
+      hub = new CanHub({ ...this.#defaults, ...this.#perBus?.(name), name });
       this.#hubs.set(name, hub);
     }
     return hub;

@@ -2,11 +2,13 @@
  * Composition of the vhost-device-can daemon, usable as a library: a test or another program can
  * create the daemon in-process, reach its buses, attach its own ports and read every counter.
  */
+import type { BusTiming, PortFault } from '../../core/bus/faults.js';
 import { type CanHub, HubRegistry } from '../../core/bus/hub.js';
 import { CanDevice, type CanFeatureSwitches } from '../../core/devices/can/can-device.js';
 import { type LogFields, nullLogger } from '../../core/util/log.js';
 import { ringOptionsOf } from '../../core/virtio/features.js';
 import { builtinPorts } from '../bus/builtin-ports.js';
+import { timerFdHubTimers } from '../bus/hub-timer.js';
 import type { BusAttachment, BusPortRequest, PortContext, PortRegistry } from '../bus/port-registry.js';
 import { SocketCanPort } from '../bus/socketcan-port.js';
 import { batchClock } from '../clock.js';
@@ -76,9 +78,29 @@ export interface CanDaemonOptions extends DaemonCommonOptions {
    * await `CanDaemon.socketcand.ready` (it rejects when the address cannot be used).
    */
   socketcand?: Omit<SocketcandServerOptions, 'hubs' | 'log' | 'epochOffsetNs'>;
+  /**
+   * Timed buses by name (`--bitrate`, `--ack`; docs/timed-bus.md): virtual buses the daemon
+   * creates (not a host interface, not with `hubs`).
+   */
+  timing?: Readonly<Record<string, BusTiming>>;
+  /** Faults injected at start (`--fault`); each waits for its port to attach. */
+  faults?: readonly FaultRequest[];
 }
 
-export type CanDaemonErrorCode = 'ERR_BUS_COUNT' | 'ERR_BUS_NAME' | 'ERR_PORT_SPEC';
+/** One `--fault`: a fault for a port (by name) of a bus. */
+export interface FaultRequest {
+  readonly bus: string;
+  readonly port: string;
+  readonly fault: PortFault;
+  readonly durationMs?: number | undefined;
+}
+
+export type CanDaemonErrorCode =
+  | 'ERR_BUS_COUNT'
+  | 'ERR_BUS_NAME'
+  | 'ERR_PORT_SPEC'
+  | 'ERR_BUS_TIMING'
+  | 'ERR_FAULT_SPEC';
 
 export class CanDaemonError extends CodedError<CanDaemonErrorCode> {}
 
@@ -135,12 +157,30 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
     requests.map((r) => r.bus),
   );
   if (typeof named === 'string') throw new CanDaemonError('ERR_BUS_NAME', named);
-  const hubs = opts.hubs ?? new HubRegistry({ clock });
+  const timing = opts.timing ?? {};
+  for (const bus of Object.keys(timing)) {
+    const b = named.get(bus);
+    const why =
+      b === undefined
+        ? 'no guest or port uses it'
+        : b.kind === 'host'
+          ? 'it is a host interface (the real bus has its own timing)'
+          : opts.hubs !== undefined
+            ? 'its hub was given by the caller (timing applies to buses the daemon creates)'
+            : null;
+    if (why !== null) throw new CanDaemonError('ERR_BUS_TIMING', `bus "${bus}" cannot be timed: ${why}`);
+  }
+  const n = opts.native ?? defaultNative;
+  const hubs =
+    opts.hubs ??
+    new HubRegistry({ clock, timer: timerFdHubTimers(n, log) }, (name) => {
+      const t = timing[name];
+      return t === undefined ? undefined : { timing: t };
+    });
   const ownsHubs = opts.hubs === undefined;
   // Every bus exists from the start, so peers (socketcand clients, links) can join it at once.
   for (const name of named.keys()) hubs.get(name);
   const hubOf = (i: number): CanHub => hubs.get(busName(buses[i]!));
-  const n = opts.native ?? defaultNative;
   const attachments: BusAttachment[] = [];
   // Replays (and whoever else asks) wait for the first guest that starts its controller on a bus.
   const started = new Set<string>();
@@ -157,6 +197,22 @@ export function startCanDaemon(opts: CanDaemonOptions): CanDaemon {
   const hostPorts = new Map<string, SocketCanPort>();
   let socketcand: SocketcandServer | null = null;
   try {
+    for (const f of opts.faults ?? []) {
+      if (!named.has(f.bus)) {
+        throw new CanDaemonError('ERR_FAULT_SPEC', `fault for bus "${f.bus}": no guest or port uses it`);
+      }
+      try {
+        hubs.get(f.bus).injectFault(f.port, f.fault, { durationMs: f.durationMs });
+      } catch (err) {
+        throw new CanDaemonError(
+          'ERR_FAULT_SPEC',
+          `fault for ${f.bus}:${f.port}: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    }
     for (const b of buses) {
       if (b.kind !== 'host' || hostPorts.has(b.ifname)) continue;
       hostPorts.set(

@@ -285,6 +285,15 @@ export class CanTestDriver {
     const failed = new Promise<void>((resolve) => {
       onFailure = resolve;
     });
+    // Woken by every completion (a slot is free again) and by a failure. One waiter at a time:
+    // racing every in-flight promise instead costs a reaction per promise per wait, which makes a
+    // long flood through a big ring quadratic.
+    let slotFreed: (() => void) | null = null;
+    const wakeSender = (): void => {
+      const w = slotFreed;
+      slotFreed = null;
+      w?.();
+    };
     const check = (): void => {
       if (failure === null && q.isClosed)
         failure = new FrontendError('ERR_FRONTEND_CLOSED', 'the queue is closed');
@@ -314,6 +323,7 @@ export class CanTestDriver {
             .finally(() => {
               this.txFree.push(posted.slot);
               inflight.delete(p);
+              wakeSender();
             });
           inflight.add(p);
           break;
@@ -321,7 +331,12 @@ export class CanTestDriver {
         if (inflight.size === 0)
           throw new FrontendError('ERR_FRONTEND_STATE', 'TX ring full with nothing in flight');
         q.kick();
-        await Promise.race([...inflight, failed]);
+        await Promise.race([
+          new Promise<void>((resolve) => {
+            slotFreed = resolve;
+          }),
+          failed,
+        ]);
       }
     }
     check();

@@ -10,7 +10,7 @@ import type { CanDaemon } from '../can/can-daemon.js';
 import { BusHistory } from './bus-history.js';
 import { canMetrics } from './can-metrics.js';
 import { API_PORT, busViews, guestViews, MONITOR_PORT } from './can-view.js';
-import { BusStateFaultControl, type FaultControl, FaultError, parseFault } from './fault-control.js';
+import { type FaultControl, FaultError, HubFaultControl, parseFault } from './fault-control.js';
 import { FrameStreams, type FrameStreamsOptions, parseStreamRequest } from './frame-streams.js';
 import { HttpError, HttpServer, json, pageFiles, type Route, type RouteContext } from './server.js';
 
@@ -99,7 +99,7 @@ export async function startCanWeb(can: CanDaemon, opts: WebOptions): Promise<Can
   const hubOf = (name: string): CanHub | undefined =>
     can.buses.has(name) && can.hubs.has(name) ? can.hubs.get(name) : undefined;
   const busNames = (): string[] => [...can.buses.keys()];
-  const faults = new BusStateFaultControl(hubOf);
+  const faults = new HubFaultControl(hubOf, () => can.hubs.names());
   const epochOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
   const streams = new FrameStreams({
     hubOf,

@@ -2,22 +2,18 @@
  * Faults on bus ports, as the control API and the monitor page drive them: inject one on a port of a
  * bus (for a duration or until cleared), clear one or all, list the active ones.
  *
- * `FaultControl` is the seam: the web layer only talks to it. `BusStateFaultControl` implements the
- * controller-state faults (bus-off, error-passive, error-warning) with the hub's `injectBusState`;
- * every other kind answers `ERR_FAULT_NOT_AVAILABLE`, for a build whose hub has no fault model of its
- * own. Overlapping state faults on one port: the port shows the most severe active one, and returns
- * to error-active when none is left. A fault ends by itself when its port leaves the bus.
+ * `FaultControl` is the seam: the web layer only talks to it. `HubFaultControl` is the daemon's: it
+ * hands every fault to the bus's own fault model (`CanHub.injectFault`, which applies drops, delays,
+ * controller states and, on a timed bus, bit-rate mismatches, missing acknowledgements and error
+ * frames) and numbers the faults of all buses in one sequence for the API. Faults given on the
+ * command line (`--fault`) are the hubs' too, so they show here and can be cleared here.
  */
-import { BUS_STATES, type BusState, type CanHub, type HubPort } from '../../core/bus/hub.js';
+import { CanHubError } from '../../core/bus/errors.js';
+import { MAX_FAULT_DURATION_MS, type PortFault } from '../../core/bus/faults.js';
+import { BUS_STATES, type BusState, type CanHub } from '../../core/bus/hub.js';
 import { CodedError } from '../errors.js';
 
-export type PortFault =
-  | { kind: 'bus-state'; state: BusState }
-  | { kind: 'drop'; ratio: number }
-  | { kind: 'delay'; ms: number }
-  | { kind: 'bitrate-mismatch' }
-  | { kind: 'no-ack' }
-  | { kind: 'error-frames'; perSecond: number };
+export type { PortFault } from '../../core/bus/faults.js';
 
 export type PortFaultKind = PortFault['kind'];
 
@@ -33,14 +29,16 @@ export const PORT_FAULT_KINDS: readonly PortFaultKind[] = Object.freeze([
 export interface ActiveFault {
   readonly id: number;
   readonly bus: string;
-  /** The port's name and hub id when the fault was injected. */
+  /** The port's name, and its hub id while a port of that name is attached (null: the fault waits). */
   readonly port: string;
-  readonly portId: number;
+  readonly portId: number | null;
   readonly fault: PortFault;
   /** Wall-clock milliseconds. */
   readonly since: number;
   /** When it ends by itself (wall-clock ms), or null: until cleared. */
   readonly until: number | null;
+  /** What it did so far: frames dropped, delayed or destroyed, error flags sent. */
+  readonly hits: number;
 }
 
 export type FaultErrorCode =
@@ -70,15 +68,7 @@ export interface FaultControl {
   close(): void;
 }
 
-export const MAX_FAULT_DURATION_MS = 24 * 3600 * 1000;
-
-/** Severity order for overlapping state faults on one port. */
-const SEVERITY: Readonly<Record<BusState, number>> = {
-  'error-active': 0,
-  'error-warning': 1,
-  'error-passive': 2,
-  'bus-off': 3,
-};
+export { MAX_FAULT_DURATION_MS };
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -123,28 +113,35 @@ export function parseFault(v: unknown): PortFault | string {
   }
 }
 
-interface Entry {
-  view: ActiveFault;
-  hub: CanHub;
-  port: HubPort;
-  state: BusState;
-  timer: ReturnType<typeof setTimeout> | null;
-}
-
 /**
- * Controller-state faults through `CanHub.injectBusState`. `hubOf(bus)` returns the bus's hub or
- * undefined for an unknown name.
+ * The daemon's FaultControl: every fault goes to its bus's fault model. `hubOf(bus)` returns the
+ * bus's hub or undefined for an unknown name; `buses()` lists the bus names.
  */
-export class BusStateFaultControl implements FaultControl {
-  readonly kinds: readonly PortFaultKind[] = Object.freeze(['bus-state'] as PortFaultKind[]);
+export class HubFaultControl implements FaultControl {
+  readonly kinds: readonly PortFaultKind[] = PORT_FAULT_KINDS;
   readonly #hubOf: (bus: string) => CanHub | undefined;
-  readonly #faults = new Map<number, Entry>();
+  readonly #buses: () => readonly string[];
+  /** API id -> (bus, the hub's own id), and back. */
+  readonly #byId = new Map<number, { bus: string; hubId: number }>();
+  readonly #byHub = new Map<string, number>();
   #nextId = 1;
-  /** Faults injected since start, by kind (for the metrics). */
+  /** Faults injected through this control since start, by kind (for the metrics). */
   readonly injected: Record<string, number> = {};
 
-  constructor(hubOf: (bus: string) => CanHub | undefined) {
+  constructor(hubOf: (bus: string) => CanHub | undefined, buses: () => readonly string[]) {
     this.#hubOf = hubOf;
+    this.#buses = buses;
+  }
+
+  #idOf(bus: string, hubId: number): number {
+    const key = `${bus}\u0000${hubId}`;
+    let id = this.#byHub.get(key);
+    if (id === undefined) {
+      id = this.#nextId++;
+      this.#byHub.set(key, id);
+      this.#byId.set(id, { bus, hubId });
+    }
+    return id;
   }
 
   inject(bus: string, port: number | string, fault: PortFault, opts: FaultOptions = {}): ActiveFault {
@@ -159,85 +156,72 @@ export class BusStateFaultControl implements FaultControl {
     }
     const hub = this.#hubOf(bus);
     if (hub === undefined) throw new FaultError('ERR_FAULT_UNKNOWN_BUS', `no bus called "${bus}"`);
+    // The API injects on ports that are there (a typo is an error, not a fault waiting forever);
+    // the hub keeps the fault on that port name across reconnects.
     const p = hub.ports().find((x) => (typeof port === 'number' ? x.id === port : x.name === port));
     if (p === undefined) {
       throw new FaultError('ERR_FAULT_UNKNOWN_PORT', `bus "${bus}" has no port ${JSON.stringify(port)}`);
     }
-    if (checked.kind !== 'bus-state') {
-      throw new FaultError(
-        'ERR_FAULT_NOT_AVAILABLE',
-        `fault kind ${checked.kind} is not available in this build (available: ${this.kinds.join(', ')})`,
-      );
+    let hubId: number;
+    try {
+      hubId = hub.injectFault(p.name, checked, d === undefined ? {} : { durationMs: d });
+    } catch (err) {
+      if (err instanceof CanHubError) {
+        throw new FaultError(
+          err.code === 'ERR_BUS_NOT_TIMED' ? 'ERR_FAULT_NOT_AVAILABLE' : 'ERR_FAULT_INVALID',
+          err.message,
+        );
+      }
+      throw err;
     }
-    this.#prune();
-    const now = Date.now();
-    const id = this.#nextId++;
-    const view: ActiveFault = {
-      id,
-      bus,
-      port: p.name,
-      portId: p.id,
-      fault: checked,
-      since: now,
-      until: d === undefined ? null : now + d,
-    };
-    const e: Entry = { view, hub, port: p, state: checked.state, timer: null };
-    if (d !== undefined) {
-      e.timer = setTimeout(() => this.clear(id), d);
-      e.timer.unref?.();
-    }
-    this.#faults.set(id, e);
     this.injected[checked.kind] = (this.injected[checked.kind] ?? 0) + 1;
-    this.#apply(hub, p);
+    const id = this.#idOf(bus, hubId);
+    const view = this.list().find((f) => f.id === id);
+    if (view === undefined) throw new FaultError('ERR_FAULT_INVALID', 'the fault ended at once');
     return view;
   }
 
   clear(id: number): boolean {
-    const e = this.#faults.get(id);
-    if (e === undefined) return false;
-    this.#faults.delete(id);
-    if (e.timer !== null) clearTimeout(e.timer);
-    this.#apply(e.hub, e.port);
-    return true;
+    const ref = this.#byId.get(id);
+    if (ref === undefined) return false;
+    return this.#hubOf(ref.bus)?.clearFault(ref.hubId) ?? false;
   }
 
   clearAll(filter: { bus?: string | undefined; port?: number | string | undefined } = {}): number {
     let n = 0;
-    for (const [id, e] of [...this.#faults]) {
-      if (filter.bus !== undefined && e.view.bus !== filter.bus) continue;
-      if (filter.port !== undefined && e.view.port !== filter.port && e.view.portId !== filter.port) continue;
-      if (this.clear(id)) n++;
+    for (const f of this.list()) {
+      if (filter.bus !== undefined && f.bus !== filter.bus) continue;
+      if (filter.port !== undefined && f.port !== filter.port && f.portId !== filter.port) continue;
+      if (this.clear(f.id)) n++;
     }
     return n;
   }
 
   list(): ActiveFault[] {
-    this.#prune();
-    return [...this.#faults.values()].map((e) => e.view);
-  }
-
-  close(): void {
-    for (const e of this.#faults.values()) if (e.timer !== null) clearTimeout(e.timer);
-    this.#faults.clear();
-  }
-
-  /** Forgets faults whose port left the bus (a guest that disconnected): nothing to restore. */
-  #prune(): void {
-    for (const [id, e] of this.#faults) {
-      if (!e.port.attached) {
-        if (e.timer !== null) clearTimeout(e.timer);
-        this.#faults.delete(id);
+    const out: ActiveFault[] = [];
+    const nowMs = Date.now();
+    for (const bus of this.#buses()) {
+      const hub = this.#hubOf(bus);
+      if (hub === undefined) continue;
+      const nowNs = hub.now();
+      const wall = (ns: bigint | null): number | null =>
+        ns === null ? null : Math.round(nowMs - Number(nowNs - ns) / 1e6);
+      for (const f of hub.faults()) {
+        out.push({
+          id: this.#idOf(bus, f.id),
+          bus,
+          port: f.port,
+          portId: f.portId,
+          fault: f.fault,
+          since: wall(f.sinceNs) ?? nowMs,
+          until: wall(f.untilNs),
+          hits: f.hits,
+        });
       }
     }
+    return out;
   }
 
-  /** Puts the port in the most severe state its active faults ask for (error-active when none). */
-  #apply(hub: CanHub, port: HubPort): void {
-    if (!port.attached) return;
-    let state: BusState = 'error-active';
-    for (const e of this.#faults.values()) {
-      if (e.port === port && SEVERITY[e.state] > SEVERITY[state]) state = e.state;
-    }
-    if (port.busState !== state) hub.injectBusState(port.id, state);
-  }
+  /** The faults belong to the buses: they outlive the web server. */
+  close(): void {}
 }

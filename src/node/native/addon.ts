@@ -191,6 +191,22 @@ export interface NativeAddon {
    */
   eventfdWrite(fd: number, value: number): void;
 
+  /**
+   * timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK): a timer on the clock of
+   * `process.hrtime`, with the kernel's high-resolution timers (libuv's timers count whole
+   * milliseconds). Watch it with a Watcher: readable once the deadline passed.
+   */
+  timerfdCreate(): number;
+
+  /**
+   * Arms the timer once at the absolute CLOCK_MONOTONIC time `deadlineNs` (nanoseconds, as
+   * `process.hrtime.bigint()` counts them; a deadline already past fires at once); 0 disarms.
+   */
+  timerfdArm(fd: number, deadlineNs: number): void;
+
+  /** Reads and resets the expiration count; `null` when the timer has not fired (EAGAIN). */
+  timerfdRead(fd: number): number | null;
+
   /** A full sequentially consistent fence: atomic_thread_fence(memory_order_seq_cst). */
   fence(): void;
 

@@ -1,0 +1,351 @@
+/**
+ * Phase timed: the timed bus (--bitrate). Guests in pairs, each pair on its own bus: a sender that
+ * floods (LATE_TX_ACK, so it waits for the bus) and a receiver that drains.
+ *   - delivered/exact rate at 125k, 500k, 1M: the bus's busy share over the window (its busy time
+ *     is the exact length of the frames it carried, so busy share = delivered rate / exact rate);
+ *   - per-frame timing error: the daemon's delivery lateness against each frame's ideal end time
+ *     (median, p99, max over the daemon's life);
+ *   - idle CPU with guests connected on a timed bus, beside an untimed one;
+ *   - 1 Mbit/s buses side by side (2, 4, 8, 16 guests): the most guests one daemon keeps on time
+ *     (every bus within 1 % of its exact rate);
+ *   - the untimed baseline of the same run: the same flow on an untimed bus.
+ */
+import { execFileSync } from 'node:child_process';
+import { sleep } from '../lib/children.js';
+import { type Ctx, FRAMES, log, measured, perS, r1 } from '../lib/context.js';
+import type { DaemonProcess } from '../lib/daemon-process.js';
+import { type CpuShares, cpuShares, guestDelta, saturation, seconds, snapshot } from '../lib/harness.js';
+import type { IdleResult, Results } from '../lib/results.js';
+import { fixed, int, pct, table } from '../lib/table.js';
+
+export interface TimedFlowResult {
+  label: string;
+  /** null: the untimed baseline. */
+  bitrate: number | null;
+  /** The daemon ran under SCHED_FIFO (chrt -f 10). */
+  realtime: boolean;
+  guests: number;
+  seconds: number;
+  busFramesPerS: number;
+  /**
+   * Per bus, over the window: busy time / bus time (saturation), bus time / the daemon's clock
+   * (keeping real time) and their product, delivered rate / exact rate.
+   */
+  busyShare: number[];
+  busOverClock: number[];
+  deliveredOverExact: number[];
+  guestReceivedPerS: number;
+  lateP50Us: number | null;
+  lateP99Us: number | null;
+  lateMaxUs: number | null;
+  /** Late wake-ups (more than 1 ms) and pauses for inputs, over the daemon's life. */
+  behind: number | null;
+  pauses: number | null;
+  daemonCpuPercent: number;
+  daemonUsPerBusFrame: number | null;
+  cpu: CpuShares;
+  saturated: string;
+}
+
+export interface TimedResults {
+  rates: TimedFlowResult[];
+  baseline: TimedFlowResult | null;
+  idle: { timed: IdleResult; untimed: IdleResult } | null;
+  scale: TimedFlowResult[];
+  /** Most guests (pairs on 1 Mbit/s buses) with every bus within 1 % of its exact rate. */
+  mostOnTimeAt1M: number | null;
+  /** Of those, the most whose delivery lateness p99 was also under 1 ms. */
+  mostUnder1msAt1M: number | null;
+}
+
+const ON_TIME = 0.01;
+
+async function pairsDaemon(
+  ctx: Ctx,
+  pairs: number,
+  bitrate: number | null,
+  label: string,
+): Promise<DaemonProcess> {
+  const buses = Array.from({ length: pairs }, (_, i) => `b${i}`);
+  const args = ['-d', buses.flatMap((b) => [`virtual:${b}`, `virtual:${b}`]).join(' ')];
+  if (bitrate !== null) for (const b of buses) args.push('--bitrate', `${b}=${bitrate}`);
+  return ctx.daemon(2 * pairs, label, [], { args, buses: pairs });
+}
+
+async function connectPairs(
+  ctx: Ctx,
+  d: DaemonProcess,
+  pairs: number,
+): Promise<{ s: string[]; r: string[] }> {
+  const s: string[] = [];
+  const r: string[] = [];
+  for (let i = 0; i < pairs; i++) {
+    const common = { queueSize: ctx.cfg.queueSize, lateTxAck: true };
+    await ctx.a.call('connect', { key: `s${i}`, path: d.path(2 * i), canId: 0x100 + i, ...common });
+    await ctx.b.call('connect', { key: `r${i}`, path: d.path(2 * i + 1), canId: 0x200 + i, ...common });
+    s.push(`s${i}`);
+    r.push(`r${i}`);
+  }
+  return { s, r };
+}
+
+/** Puts the daemon under SCHED_FIFO priority 10 (needs root or CAP_SYS_NICE); false when refused. */
+function realtime(d: DaemonProcess): boolean {
+  try {
+    execFileSync('chrt', ['-f', '-p', '10', String(d.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function timedFlow(
+  ctx: Ctx,
+  bitrate: number | null,
+  pairs: number,
+  label: string,
+  rt = false,
+): Promise<TimedFlowResult | null> {
+  const d = await pairsDaemon(ctx, pairs, bitrate, label);
+  try {
+    if (rt && !realtime(d)) {
+      log('timed: chrt -f refused (no CAP_SYS_NICE?): no real-time rows');
+      return null;
+    }
+    const keys = await connectPairs(ctx, d, pairs);
+    await ctx.b.call('drain-start', { keys: keys.r });
+    await ctx.a.call('flood-start', { keys: keys.s, frame: FRAMES.classic8, batch: 16 });
+    await sleep(ctx.cfg.warmMs);
+    const s0 = await snapshot(d, [ctx.a, ctx.b]);
+    await sleep(ctx.cfg.measureMs);
+    const s1 = await snapshot(d, [ctx.a, ctx.b]);
+    await ctx.a.call('flood-stop', { keys: keys.s }, 20_000);
+    const dt = seconds(s0, s1);
+    const b0 = s0.daemon!.buses;
+    const b1 = s1.daemon!.buses;
+    let frames = 0;
+    const shares: number[] = [];
+    const clocks: number[] = [];
+    const products: number[] = [];
+    let p50 = 0;
+    let p99 = 0;
+    let max = 0;
+    let behind = 0;
+    let pauses = 0;
+    b1.forEach((b, i) => {
+      frames += b.frames - (b0[i]?.frames ?? 0);
+      const t0 = b0[i]?.timing;
+      if (b.timing === null || t0 === null || t0 === undefined) return;
+      const busy = b.timing.busyS - t0.busyS;
+      const bus = b.timing.busTimeS - t0.busTimeS;
+      const clock = b.timing.clockS - t0.clockS;
+      shares.push(busy / bus);
+      clocks.push(bus / clock);
+      products.push(busy / clock);
+      p50 = Math.max(p50, b.timing.lateP50Us);
+      p99 = Math.max(p99, b.timing.lateP99Us);
+      max = Math.max(max, b.timing.lateMaxUs);
+      behind += b.timing.behind;
+      pauses += b.timing.pauses;
+    });
+    const timed = bitrate !== null;
+    const dCpu = (s1.cpu.daemon ?? 0) - (s0.cpu.daemon ?? 0);
+    const cpu = cpuShares(s0, s1, ctx.cores);
+    return {
+      label,
+      bitrate,
+      realtime: rt,
+      guests: 2 * pairs,
+      seconds: r1(dt * 1000) / 1000,
+      busFramesPerS: perS(frames, dt),
+      busyShare: shares.map((x) => Math.round(x * 1e5) / 1e5),
+      busOverClock: clocks.map((x) => Math.round(x * 1e5) / 1e5),
+      deliveredOverExact: products.map((x) => Math.round(x * 1e5) / 1e5),
+      guestReceivedPerS: perS(guestDelta(s0, s1, keys.r, 'received'), dt),
+      lateP50Us: timed ? p50 : null,
+      lateP99Us: timed ? p99 : null,
+      lateMaxUs: timed ? max : null,
+      behind: timed ? behind : null,
+      pauses: timed ? pauses : null,
+      daemonCpuPercent: cpu.perRole.daemon ?? Number.NaN,
+      daemonUsPerBusFrame: frames > 0 ? r1((dCpu * 1e6) / frames) : null,
+      cpu,
+      saturated: saturation(cpu, ctx.cores, { daemon: 'daemon', loadA: 'senders', loadB: 'receivers' }),
+    };
+  } finally {
+    await ctx.closeGuests();
+    await ctx.stopDaemon(d);
+  }
+}
+
+async function idle(ctx: Ctx, bitrate: number | null, label: string): Promise<IdleResult> {
+  const d = await pairsDaemon(ctx, 1, bitrate, label);
+  try {
+    const keys = await connectPairs(ctx, d, 1);
+    await ctx.b.call('drain-start', { keys: keys.r });
+    await sleep(1000);
+    const i0 = await snapshot(d, [ctx.a, ctx.b]);
+    await sleep(ctx.cfg.idleMs);
+    const i1 = await snapshot(d, [ctx.a, ctx.b]);
+    const c = cpuShares(i0, i1, ctx.cores);
+    return {
+      guests: 2,
+      seconds: r1(seconds(i0, i1)),
+      daemonCpuSeconds: (i1.cpu.daemon ?? 0) - (i0.cpu.daemon ?? 0),
+      daemonCpuPercent: c.perRole.daemon ?? Number.NaN,
+      loadCpuPercent: r1((c.perRole.loadA ?? 0) + (c.perRole.loadB ?? 0)),
+    };
+  } finally {
+    await ctx.closeGuests();
+    await ctx.stopDaemon(d);
+  }
+}
+
+export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
+  const out: TimedResults = {
+    rates: [],
+    baseline: null,
+    idle: null,
+    scale: [],
+    mostOnTimeAt1M: null,
+    mostUnder1msAt1M: null,
+  };
+  res.timed = out;
+  log('timed: untimed baseline (one pair)');
+  out.baseline = await measuredOrNull(ctx, 'timed baseline', () => timedFlow(ctx, null, 1, 'untimed'));
+  for (const bitrate of [125_000, 500_000, 1_000_000]) {
+    log(`timed: one pair at ${bitrate / 1000} kbit/s`);
+    const r = await measuredOrNull(ctx, `timed ${bitrate}`, () =>
+      timedFlow(ctx, bitrate, 1, `timed-${bitrate}`),
+    );
+    if (r !== null) out.rates.push(r);
+  }
+  // The same with the daemon under a real-time scheduling class: how much of the lateness is the
+  // daemon waiting for a core the load processes (and the rest of the machine) hold.
+  for (const bitrate of [500_000, 1_000_000]) {
+    log(`timed: one pair at ${bitrate / 1000} kbit/s, daemon under chrt -f 10`);
+    const r = await measuredOrNull(ctx, `timed ${bitrate} rt`, () =>
+      timedFlow(ctx, bitrate, 1, `timed-${bitrate}-rt`, true),
+    );
+    if (r === null) break;
+    out.rates.push(r);
+  }
+  log(`timed: idle, ${ctx.cfg.idleMs / 1000} s each, timed (500k) and untimed`);
+  out.idle = {
+    timed: await idle(ctx, 500_000, 'timed-idle'),
+    untimed: await idle(ctx, null, 'untimed-idle'),
+  };
+  for (const pairs of ctx.cfg.quick ? [1, 2, 4] : [1, 2, 4, 8, 16]) {
+    log(`timed: ${2 * pairs} guests on ${pairs} bus(es) at 1 Mbit/s`);
+    const r = await measuredOrNull(ctx, `timed scale ${pairs}`, () =>
+      timedFlow(ctx, 1_000_000, pairs, `timed-1M-x${pairs}`),
+    );
+    if (r === null) break;
+    out.scale.push(r);
+    if (!r.deliveredOverExact.every((x) => Math.abs(x - 1) <= ON_TIME)) break; // more will not do better
+    out.mostOnTimeAt1M = r.guests;
+    if ((r.lateP99Us ?? Number.POSITIVE_INFINITY) < 1000) out.mostUnder1msAt1M = r.guests;
+  }
+}
+
+/** `measured` for flows that may be skipped (null). */
+async function measuredOrNull(
+  ctx: Ctx,
+  label: string,
+  fn: () => Promise<TimedFlowResult | null>,
+): Promise<TimedFlowResult | null> {
+  let skipped = false;
+  const r = await measured(ctx, label, async () => {
+    const x = await fn();
+    if (x !== null) return x;
+    skipped = true;
+    return { cpu: { perRole: {}, machine: 0, other: 0 } } as unknown as TimedFlowResult;
+  });
+  return skipped ? null : r;
+}
+
+/** Tables 8, 9, 10. */
+export function reportTimed(res: Results, out: string[]): void {
+  const t = res.timed;
+  if (t === null || t === undefined) return;
+  const row = (r: TimedFlowResult) => [
+    r.bitrate === null ? 'untimed' : `${r.bitrate / 1000}k${r.realtime ? ' rt' : ''}`,
+    r.guests,
+    int(r.busFramesPerS),
+    r.busyShare.length === 0 ? '-' : fixed(Math.min(...r.busyShare), 4),
+    r.busOverClock.length === 0 ? '-' : fixed(Math.min(...r.busOverClock), 4),
+    r.deliveredOverExact.length === 0 ? '-' : fixed(Math.min(...r.deliveredOverExact), 4),
+    int(r.guestReceivedPerS),
+    r.lateP50Us ?? '-',
+    r.lateP99Us ?? '-',
+    r.lateMaxUs ?? '-',
+    r.behind ?? '-',
+    pct(r.daemonCpuPercent),
+    fixed(r.daemonUsPerBusFrame, 1),
+    pct(r.cpu.other),
+    r.saturated,
+  ];
+  const head = [
+    'bus',
+    'guests',
+    'bus fr/s',
+    'busy',
+    'bus/clock',
+    'deliv/exact',
+    'guest rx/s',
+    'late p50 us',
+    'p99 us',
+    'max us',
+    'late wakes',
+    'daemon',
+    'us/frame',
+    'other',
+    'saturated',
+  ];
+  out.push(
+    table(
+      '8. timed bus (--bitrate): a flooding guest (LATE_TX_ACK) and a receiving guest per bus; the untimed baseline of this run first',
+      head,
+      [...(t.baseline === null ? [] : [row(t.baseline)]), ...t.rates.map(row)],
+      [
+        'busy = busy time / bus time (saturation); bus/clock = bus time / the daemon clock (keeping real time; the',
+        'lateness at the two stats dumps moves it by (late1 - late0) / window); deliv/exact = their product =',
+        'delivered rate / exact rate (goal within 1 %). Worst bus shown.',
+        'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k).',
+        'rt: the daemon under SCHED_FIFO (chrt -f 10), so it does not wait for a core the load processes hold.',
+      ],
+    ),
+  );
+  if (t.idle !== null) {
+    out.push(
+      table(
+        '9. idle CPU: 2 guests connected, nobody sends',
+        ['bus', 'seconds', 'daemon CPU s', 'daemon', 'load procs'],
+        [
+          [
+            'timed 500k',
+            t.idle.timed.seconds,
+            fixed(t.idle.timed.daemonCpuSeconds, 3),
+            fixed(t.idle.timed.daemonCpuPercent, 2),
+            fixed(t.idle.timed.loadCpuPercent, 1),
+          ],
+          [
+            'untimed',
+            t.idle.untimed.seconds,
+            fixed(t.idle.untimed.daemonCpuSeconds, 3),
+            fixed(t.idle.untimed.daemonCpuPercent, 2),
+            fixed(t.idle.untimed.loadCpuPercent, 1),
+          ],
+        ],
+      ),
+    );
+  }
+  if (t.scale.length > 0) {
+    out.push(
+      table('10. 1 Mbit/s buses side by side (a sender and a receiver guest each)', head, t.scale.map(row), [
+        `most guests kept at the exact rate (every bus within 1 %): ${t.mostOnTimeAt1M ?? 'none'};`,
+        `of those, with delivery lateness p99 under 1 ms: ${t.mostUnder1msAt1M ?? 'none'}.`,
+      ]),
+    );
+  }
+}

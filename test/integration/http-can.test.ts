@@ -80,7 +80,14 @@ test('buses, ports and guests are listed with their counters and controller stat
   );
   const status = await req(`${web.url}/api/status`);
   assert.equal(status.json.daemon, 'can');
-  assert.deepEqual(status.json.faultKinds, ['bus-state']);
+  assert.deepEqual(status.json.faultKinds, [
+    'bus-state',
+    'drop',
+    'delay',
+    'bitrate-mismatch',
+    'no-ack',
+    'error-frames',
+  ]);
   assert.equal((await req(`${web.url}/nope`)).status, 404);
 });
 
@@ -167,7 +174,12 @@ test('a bus-off fault stops a guest controller and shows; a timed fault ends by 
   const id = list.json.faults[0].id;
   assert.equal((await sendJson(web, 'DELETE', `/api/faults/${id}`, {})).status, 200);
   assert.equal((await sendJson(web, 'DELETE', `/api/faults/${id}`, {})).status, 404);
-  assert.equal(can.hubs.get('default').ports()[0]!.busState, 'error-active');
+  // Cleared, the controller stays bus-off until its guest restarts it, as a real one would.
+  const port0 = can.device(0)!.port;
+  assert.equal(port0.busState, 'bus-off');
+  assert.equal(await a.startController(), 0);
+  assert.equal(port0.busState, 'error-active');
+  assert.equal((await a.readStatus()) & CanStatus.CTRL_BUSOFF, 0);
 
   // A timed error-passive fault on guest1 ends by itself.
   const timed = await sendJson(web, 'POST', '/api/faults', {
@@ -196,11 +208,22 @@ test('a bus-off fault stops a guest controller and shows; a timed fault ends by 
   const notHere = await sendJson(web, 'POST', '/api/faults', {
     bus: 'default',
     port: 'guest1',
-    fault: { kind: 'drop', ratio: 0.5 },
+    fault: { kind: 'no-ack' },
   });
   assert.equal(notHere.status, 501);
   assert.equal(notHere.json.error.code, 'ERR_FAULT_NOT_AVAILABLE');
-  assert.match(notHere.json.error.message, /not available in this build/);
+  assert.match(notHere.json.error.message, /needs a timed bus/);
+  const drop = await sendJson(web, 'POST', '/api/faults', {
+    bus: 'default',
+    port: 'guest1',
+    fault: { kind: 'drop', ratio: 1 },
+  });
+  assert.equal(drop.status, 201, 'drops work on an untimed bus');
+  assert.equal(await b.send(frame(0x42, [1])), 0, 'a dropped frame still completes for its sender');
+  await waitFor('drop counted', () => (can.hubs.get('default').faults()[0]?.hits === 1 ? true : undefined));
+  assert.equal((await req(`${web.url}/api/faults`)).json.faults[0].hits, 1);
+  assert.equal(a.received().filter((f) => f.id === 0x42).length, 0, 'the other guest never got it');
+  assert.equal((await sendJson(web, 'DELETE', '/api/faults', {})).json.cleared, 1);
   for (const [body, status, code] of [
     [
       { bus: 'default', port: 'guest9', fault: { kind: 'bus-state', state: 'bus-off' } },

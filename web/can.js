@@ -39,24 +39,30 @@ function stateClass(state) {
   return `state state-${state.split(' ')[0]}`;
 }
 
+// Faults that need no timed bus, besides the controller states: a share of the port's frames lost,
+// its frames late (the API takes any ratio and delay; the buttons offer one of each).
+const OTHER_FAULTS = [
+  { name: 'drop 50%', fault: { kind: 'drop', ratio: 0.5 } },
+  { name: 'delay 20 ms', fault: { kind: 'delay', ms: 20 } },
+];
+
 function faultButtons(bus, portName) {
   const td = el('td', { class: 'faults' });
-  for (const s of FAULT_STATES) {
-    td.append(
-      el(
-        'button',
-        {
-          class: 'fault',
-          'data-fault': s,
-          'data-bus': bus,
-          'data-port': portName,
-          title: `inject ${s} on ${portName}`,
-          onclick: () => injectFault(bus, portName, s),
-        },
-        s,
-      ),
+  const button = (key, label, fault) =>
+    el(
+      'button',
+      {
+        class: 'fault',
+        'data-fault': key,
+        'data-bus': bus,
+        'data-port': portName,
+        title: `inject ${label} on ${portName}`,
+        onclick: () => injectFault(bus, portName, fault, label),
+      },
+      label,
     );
-  }
+  for (const s of FAULT_STATES) td.append(button(s, s, { kind: 'bus-state', state: s }));
+  for (const f of OTHER_FAULTS) td.append(button(f.fault.kind, f.name, f.fault));
   td.append(
     el(
       'button',
@@ -192,18 +198,18 @@ function faultDuration() {
   return v === '' ? undefined : Number(v);
 }
 
-async function injectFault(bus, port, state) {
+async function injectFault(bus, port, fault, label) {
   const out = document.getElementById('fault-result');
   try {
     const durationMs = faultDuration();
     const r = await sendJson('POST', '/api/faults', {
       bus,
       port,
-      fault: { kind: 'bus-state', state },
+      fault,
       ...(durationMs === undefined ? {} : { durationMs }),
     });
     out.className = '';
-    out.textContent = `fault ${r.fault.id}: ${state} on ${bus}/${port}`;
+    out.textContent = `fault ${r.fault.id}: ${label} on ${bus}/${port}`;
   } catch (err) {
     out.className = 'error';
     out.textContent = err.message;

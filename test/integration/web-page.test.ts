@@ -128,12 +128,23 @@ test('the CAN monitor page: live frames, CANopen, sending, bus-off', { skip }, a
   await page.waitForSelector('#fault-list tr[data-fault-id]', { timeout: 3000 });
   await page.waitForSelector('#frames tr.err', { timeout: 2000 });
   await screenshot(page, 'can-monitor-bus-off.png');
-  // Clear: the port's state returns (the guest itself restarts its controller).
+  // Clear: the controller stays bus-off until the guest restarts it, as a real one would.
   await page.click('button[data-fault="clear"][data-port="guest0"]');
   await page.waitForSelector('#fault-none:not([hidden])', { timeout: 3000 });
-  assert.equal(can.device(0)!.port.busState, 'error-active');
+  assert.equal(can.device(0)!.port.busState, 'bus-off');
   assert.equal(await a.startController(), 0);
+  assert.equal(can.device(0)!.port.busState, 'error-active');
   await page.waitForSelector('tr[data-port="guest0"] td.state:text-is("started")', { timeout: 3000 });
+  // The drop button: a fault of the bus's own model, listed on the page.
+  await page.click('button[data-fault="drop"][data-port="guest0"]');
+  await page.waitForSelector('#fault-list tr[data-fault-id]', { timeout: 3000 });
+  assert.deepEqual(
+    can.hubs
+      .get('default')
+      .faults()
+      .map((f) => [f.port, f.fault]),
+    [['guest0', { kind: 'drop', ratio: 0.5 }]],
+  );
 });
 
 test('the console status page: guests and ports, connected or not, bytes each way', { skip }, async (t) => {

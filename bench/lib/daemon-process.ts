@@ -53,7 +53,12 @@ export interface DaemonStats {
   hosts: HostStatsLine[];
   /** One line per --link. */
   links: LinkStatsLine[];
+  /** The socketcand server's line (--socketcand-listen), when it listens. */
+  servers: ServerStatsLine[];
 }
+
+/** A server's state and counters (every field of its stats line). */
+export type ServerStatsLine = Record<string, unknown> & { 'socketcand-server': string };
 
 export interface DaemonStartOptions {
   build: BuildInfo;
@@ -69,6 +74,7 @@ interface StatsWaiter {
   sockets: SocketStats[];
   hosts: HostStatsLine[];
   links: LinkStatsLine[];
+  servers: ServerStatsLine[];
   process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
   resolve(s: DaemonStats): void;
@@ -139,6 +145,8 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       });
     } else if (typeof o.link === 'string') {
       w.links.push(o as LinkStatsLine);
+    } else if (typeof o['socketcand-server'] === 'string') {
+      w.servers.push(o as ServerStatsLine);
     } else if (typeof o.bus === 'string' && o.busLoad !== undefined) {
       // The bus line (the lines of captures, links... name their bus too, without busLoad).
       this.finishStats(w, {
@@ -161,6 +169,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       process: w.process,
       hosts: w.hosts,
       links: w.links,
+      servers: w.servers,
     });
   }
 
@@ -171,6 +180,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
         sockets: [],
         hosts: [],
         links: [],
+        servers: [],
         process: null,
         timer: null,
         resolve,

@@ -24,7 +24,7 @@
  *   con    vhost-device-console (bench/lib/console-bench.ts): guest -> TCP client and client -> guest
  *          throughput, keystroke echo round trip, each beside a Unix<->TCP relay process; idle CPU
  *          with 16 guests.
- *   net    guest -> guest over a network link (cannelloni) between two daemons on loopback, frames/s
+ *   net    guest -> guest over a network link (cannelloni, socketcand) between two daemons on loopback, frames/s
  *          and daemon CPU per frame, beside the in-process bus.
  *   cap    the tp flood (8-byte frames, 64 per kick) with --capture to pcapng, BLF and both, beside
  *          the same flood without capture; file bytes per frame.
@@ -122,7 +122,7 @@ function parseConfig(argv: readonly string[]): Config | null {
           con: 120_000,
           socketcand: 90_000,
           web: 150_000,
-          net: 180_000,
+          net: 360_000,
           cap: 180_000,
           timed: 180_000,
         },

@@ -67,7 +67,12 @@ export interface DaemonStats {
   hosts: HostStatsLine[];
   /** One line per --link. */
   links: LinkStatsLine[];
+  /** The socketcand server's line (--socketcand-listen), when it listens. */
+  servers: ServerStatsLine[];
 }
+
+/** A server's state and counters (every field of its stats line). */
+export type ServerStatsLine = Record<string, unknown> & { 'socketcand-server': string };
 
 export interface DaemonStartOptions {
   build: BuildInfo;
@@ -86,6 +91,7 @@ interface StatsWaiter {
   buses: BusStatsLine[];
   hosts: HostStatsLine[];
   links: LinkStatsLine[];
+  servers: ServerStatsLine[];
   process: ProcessStatsLine | null;
   timer: ReturnType<typeof setTimeout> | null;
   resolve(s: DaemonStats): void;
@@ -158,6 +164,8 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       });
     } else if (typeof o.link === 'string') {
       w.links.push(o as LinkStatsLine);
+    } else if (typeof o['socketcand-server'] === 'string') {
+      w.servers.push(o as ServerStatsLine);
     } else if (typeof o.bus === 'string' && o.busLoad !== undefined) {
       // A bus line (the lines of captures, links... name their bus too, without busLoad).
       w.buses.push({
@@ -196,6 +204,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
       process: w.process,
       hosts: w.hosts,
       links: w.links,
+      servers: w.servers,
     });
   }
 
@@ -207,6 +216,7 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
         buses: [],
         hosts: [],
         links: [],
+        servers: [],
         process: null,
         timer: null,
         resolve,

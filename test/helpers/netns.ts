@@ -367,3 +367,182 @@ export async function waitUntil<T>(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+// ---- Network link kinds: the same scenario over cannelloni and over socketcand ------------------
+
+/** A daemon's end of a network link, the same fields whatever the kind (see `linkEnds`). */
+export interface LinkEnd {
+  /** 'link' (a --link) or 'server' (the socketcand server, all its clients together). */
+  readonly role: 'link' | 'server';
+  readonly name: string;
+  /** A link: state up. The server: at least one client connected. */
+  readonly up: boolean;
+  /** Frames sent to / received from the other daemon. */
+  readonly tx: number;
+  readonly rx: number;
+  /** Frames for the other daemon dropped while the link was down. */
+  readonly droppedDown: number;
+  /** Frames for the other daemon dropped because its queue was full (or it read too slowly). */
+  readonly droppedOverflow: number;
+  /** Malformed or unexpected input from the network (by any sender). */
+  readonly bad: number;
+  /** Datagrams missing in the sequence (cannelloni) or frames dropped on a muted path (socketcand). */
+  readonly lost: number;
+  readonly lastError: string;
+  /** The stats line it was made from. */
+  readonly line: StatsLine;
+}
+
+const num = (l: StatsLine, ...keys: string[]): number => keys.reduce((s, k) => s + Number(l[k] ?? 0), 0);
+
+/** The link ends in one statistics dump: each --link, and the socketcand server when it listens. */
+export function linkEnds(lines: readonly StatsLine[]): LinkEnd[] {
+  const out: LinkEnd[] = [];
+  for (const l of lines) {
+    if (typeof l.link === 'string' && l.link.startsWith('cannelloni:')) {
+      out.push({
+        role: 'link',
+        name: l.link,
+        up: l.state === 'up',
+        tx: num(l, 'txFrames'),
+        rx: num(l, 'rxFrames'),
+        droppedDown: num(l, 'txDroppedDown'),
+        droppedOverflow: num(l, 'txDroppedOverflow'),
+        bad: num(l, 'rxMalformed', 'rxForeign'),
+        lost: num(l, 'rxLost'),
+        lastError: String(l.lastError ?? ''),
+        line: l,
+      });
+    } else if (typeof l.link === 'string' && l.link.startsWith('socketcand:')) {
+      out.push({
+        role: 'link',
+        name: l.link,
+        up: l.state === 'up',
+        tx: num(l, 'framesOut'),
+        rx: num(l, 'framesIn'),
+        droppedDown: num(l, 'droppedWhileDown'),
+        droppedOverflow: num(l, 'droppedOverflow'),
+        bad: num(l, 'badElements', 'remoteErrors'),
+        lost: num(l, 'droppedMuted'),
+        lastError: String(l.lastError ?? ''),
+        line: l,
+      });
+    } else if (typeof l['socketcand-server'] === 'string') {
+      out.push({
+        role: 'server',
+        name: l['socketcand-server'],
+        up: l.state === 'listening' && num(l, 'clients') > 0,
+        tx: num(l, 'framesOut'),
+        rx: num(l, 'framesIn'),
+        droppedDown: 0,
+        droppedOverflow: num(l, 'droppedSlowClient'),
+        bad: num(l, 'protocolErrors'),
+        lost: num(l, 'droppedMuted'),
+        lastError: '',
+        line: l,
+      });
+    } else if (typeof l.link === 'string') {
+      throw new Error(`a link of unknown kind: ${JSON.stringify(l)}`);
+    }
+  }
+  return out;
+}
+
+/** The only link end of daemon `d` (a pair: its link, or its socketcand server). */
+export async function linkEnd(d: NetDaemon): Promise<LinkEnd> {
+  const ends = linkEnds(await d.stats());
+  if (ends.length !== 1) throw new Error(`host ${d.host}: not one link end: ${JSON.stringify(ends)}`);
+  return ends[0]!;
+}
+
+/** Waits until every link end of every daemon is up. */
+export async function linksUp(daemons: readonly NetDaemon[], ms = 15_000): Promise<void> {
+  await Promise.all(
+    daemons.map((d) =>
+      waitUntil(
+        `the link ends of host ${d.host} up`,
+        async () => {
+          const ends = linkEnds(await d.stats());
+          return ends.length > 0 && ends.every((e) => e.up) ? true : undefined;
+        },
+        ms,
+      ),
+    ),
+  );
+}
+
+/**
+ * One kind of network link between daemons of a lab. `args` gives each host's daemon arguments for
+ * a tree of `edges` [i, j] joining bus `default` of hosts i and j (the k-th edge on port PORT + k;
+ * for socketcand, host i runs the server and host j links to it).
+ */
+export interface NetLinkKind {
+  readonly name: 'cannelloni' | 'socketcand';
+  args(lab: NetLab, edges: readonly (readonly [number, number])[], opts?: LinkArgsOptions): string[][];
+  /** What the surviving end's lastError says once the daemon at the other end was killed. */
+  readonly peerGone: RegExp;
+}
+
+export interface LinkArgsOptions {
+  /** IPv6 addresses instead of IPv4. */
+  v6?: boolean;
+  /** Quick failure detection where the kind has settings for it (cannelloni keepalives). */
+  fast?: boolean;
+}
+
+/** The first port the link kinds use in a lab. */
+export const LINK_PORT = 20000;
+
+function hostAddr(lab: NetLab, i: number, v6: boolean): string {
+  const h = lab.hosts[i];
+  if (h === undefined) throw new Error(`no host ${i}`);
+  return v6 ? `[${h.ipv6}]` : h.ipv4;
+}
+
+export const CANNELLONI: NetLinkKind = {
+  name: 'cannelloni',
+  args(lab, edges, opts = {}) {
+    const v6 = opts.v6 === true;
+    const q = opts.fast === true ? '&keepalive=100&timeout=500' : '';
+    const out: string[][] = lab.hosts.map(() => []);
+    edges.forEach(([i, j], k) => {
+      const port = LINK_PORT + k;
+      const [ai, aj] = [hostAddr(lab, i, v6), hostAddr(lab, j, v6)];
+      out[i]!.push('--link', `default=cannelloni://${aj}:${port}?local=${ai}:${port}${q}`);
+      out[j]!.push('--link', `default=cannelloni://${ai}:${port}?local=${aj}:${port}${q}`);
+    });
+    return out;
+  },
+  // Port unreachable (ICMP) for the next datagram, or keepalives that stopped.
+  peerGone: /refused|no datagram/,
+};
+
+export const SOCKETCAND: NetLinkKind = {
+  name: 'socketcand',
+  args(lab, edges, opts = {}) {
+    const v6 = opts.v6 === true;
+    const out: string[][] = lab.hosts.map(() => []);
+    const servers = new Map<number, number>();
+    edges.forEach(([i, j], k) => {
+      if (!servers.has(i)) {
+        servers.set(i, LINK_PORT + k);
+        // A server on the LAN, open to the lab's subnets only.
+        out[i]!.push(
+          '--socketcand-listen',
+          `${hostAddr(lab, i, v6)}:${LINK_PORT + k}`,
+          '--socketcand-allow',
+          '192.0.2.0/24',
+          '--socketcand-allow',
+          '2001:db8::/64',
+        );
+      }
+      out[j]!.push('--link', `default=socketcand://${hostAddr(lab, i, v6)}:${servers.get(i)}/default`);
+    });
+    return out;
+  },
+  // The server's connection closed, then connections refused until it listens again.
+  peerGone: /closed|ECONNREFUSED|ECONNRESET/,
+};
+
+/** Both kinds, for tests that run the same body over each. */
+export const LINK_KINDS: readonly NetLinkKind[] = [CANNELLONI, SOCKETCAND];

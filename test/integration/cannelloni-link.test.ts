@@ -2,7 +2,7 @@
  * cannelloni links on loopback: two daemons linked to each other with front-end guests on both,
  * and a daemon linked to a raw UDP socket standing in for the peer (so every datagram can be
  * written and checked byte by byte, malformed ones included). The multi-host version, with
- * daemons in network namespaces, is test/integration/cannelloni-netns.test.ts.
+ * daemons in network namespaces, is test/integration/netns-links.test.ts (with socketcand beside it).
  */
 import assert from 'node:assert/strict';
 import { createSocket, type Socket } from 'node:dgram';

@@ -12,6 +12,12 @@
  *   (doubling from `minMs` to `maxMs`, with jitter so a fleet of daemons does not reconnect in
  *   step); coming up resets the backoff. It keeps the state, since when, and counters, which the
  *   port shows in its statistics.
+ * - ReadPacer: a TCP peer that sends faster than the daemon parses must not take the whole event
+ *   loop. Without it every chunk the kernel holds is read and put on the bus within one poll
+ *   phase, turn after turn, and the guests on that bus get one ring-full per (long) turn: they
+ *   lose most frames while the link reads at full speed. After a turn's worth of input the socket
+ *   is paused until the next turn, so guests' rings, kicks and timers run in between; TCP flow
+ *   control then slows the sender, whose side drops and counts what it cannot send.
  */
 
 export interface TxBatcherOptions {
@@ -215,4 +221,51 @@ export class LinkSupervisor {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
   }
+}
+
+/** What ReadPacer needs of a socket (a net.Socket). */
+export interface PausableStream {
+  pause(): unknown;
+  resume(): unknown;
+  readonly destroyed: boolean;
+}
+
+/** Default input per event-loop turn before a socket is paused until the next turn (bytes). */
+export const READ_BUDGET_BYTES = 64 * 1024;
+
+export class ReadPacer {
+  readonly #socket: PausableStream;
+  readonly #budget: number;
+  #bytes = 0;
+  #scheduled = false;
+  #paused = false;
+  /** Turns cut short (the socket paused until the next turn). */
+  pauses = 0;
+
+  constructor(socket: PausableStream, budget = READ_BUDGET_BYTES) {
+    this.#socket = socket;
+    this.#budget = budget;
+  }
+
+  /** Call after handling each 'data' chunk of `bytes`. */
+  consumed(bytes: number): void {
+    this.#bytes += bytes;
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(this.#nextTurn);
+    }
+    if (this.#bytes >= this.#budget && !this.#paused) {
+      this.#paused = true;
+      this.pauses++;
+      this.#socket.pause();
+    }
+  }
+
+  readonly #nextTurn = (): void => {
+    this.#scheduled = false;
+    this.#bytes = 0;
+    if (!this.#paused) return;
+    this.#paused = false;
+    if (!this.#socket.destroyed) this.#socket.resume();
+  };
 }

@@ -27,7 +27,7 @@ import {
   writeSendCommand,
 } from '../../core/net/socketcand-codec.js';
 import type { LogFields, Logger } from '../../core/util/log.js';
-import { LinkSupervisor, TxBatcher } from '../bus/link-kit.js';
+import { LinkSupervisor, ReadPacer, TxBatcher } from '../bus/link-kit.js';
 import type { BusAttachment, PortContext, PortFactory } from '../bus/port-registry.js';
 import { formatHostPort, parseHostPort } from './addresses.js';
 import { isPeerWord, type PeerConnection, type PeerRegistry, peersOf } from './peers.js';
@@ -187,8 +187,11 @@ export class SocketcandLink implements BusPortHandler, BusAttachment, PeerConnec
         this.counters.badElements++;
       },
     };
+    const pacer = new ReadPacer(s);
     s.on('data', (chunk: Buffer) => {
-      if (this.#socket === s) this.#reader.push(chunk, sink);
+      if (this.#socket !== s) return;
+      this.#reader.push(chunk, sink);
+      pacer.consumed(chunk.length);
     });
     s.on('drain', () => this.#batcher.kick());
     let lastError = '';

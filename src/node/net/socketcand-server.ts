@@ -40,7 +40,7 @@ import {
   SocketcandSession,
 } from '../../core/net/socketcand-session.js';
 import type { LogFields, Logger } from '../../core/util/log.js';
-import { TxBatcher } from '../bus/link-kit.js';
+import { ReadPacer, TxBatcher } from '../bus/link-kit.js';
 import type { BusAttachment } from '../bus/port-registry.js';
 import { CodedError } from '../errors.js';
 import { AllowList, formatHostPort, type HostPort, isLoopback } from './addresses.js';
@@ -317,8 +317,11 @@ class Client implements SessionHost, BusPortHandler, PeerConnection {
         this.#protocolError();
       },
     };
+    const pacer = new ReadPacer(socket);
     socket.on('data', (chunk: Buffer) => {
-      if (!this.#disposed) this.#reader.push(chunk, sink);
+      if (this.#disposed) return;
+      this.#reader.push(chunk, sink);
+      pacer.consumed(chunk.length);
     });
     socket.on('drain', () => {
       this.#stalledSince = -1;

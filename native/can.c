@@ -72,20 +72,6 @@ typedef union {
   char buf[VN_CAN_CMSG_SPACE];
 } vn_can_cmsg;
 
-static napi_value get_args(napi_env env, napi_callback_info info, size_t want,
-                           napi_value *argv) {
-  size_t argc = want;
-  for (size_t i = 0; i < want; i++) argv[i] = NULL;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_value undef = vn_undefined(env);
-  for (size_t i = argc; i < want; i++) argv[i] = undef;
-  return undef;
-}
-
-#define GET_ARGS(n)                                                            \
-  napi_value argv[n];                                                          \
-  if (get_args(env, info, (n), argv) == NULL) return NULL
-
 /* Closes fd without disturbing errno. */
 static void close_quietly(int fd) {
   int saved = errno;

@@ -15,6 +15,15 @@ napi_value vn_undefined(napi_env env) {
   return v;
 }
 
+napi_value vn_get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  for (size_t i = 0; i < want; i++) argv[i] = NULL;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_value undef = vn_undefined(env);
+  for (size_t i = argc; i < want; i++) argv[i] = undef;
+  return undef;
+}
+
 napi_value vn_null(napi_env env) {
   napi_value v = NULL;
   napi_get_null(env, &v);

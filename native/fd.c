@@ -27,20 +27,6 @@ typedef union {
   char buf[CMSG_SPACE(sizeof(int) * VN_MAX_FDS)];
 } vn_cmsg_buf;
 
-static napi_value get_args(napi_env env, napi_callback_info info, size_t want,
-                           napi_value *argv) {
-  size_t argc = want;
-  for (size_t i = 0; i < want; i++) argv[i] = NULL;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_value undef = vn_undefined(env);
-  for (size_t i = argc; i < want; i++) argv[i] = undef;
-  return undef;
-}
-
-#define GET_ARGS(n)                                                            \
-  napi_value argv[n];                                                          \
-  if (get_args(env, info, (n), argv) == NULL) return NULL
-
 static napi_value make_int(napi_env env, int64_t v) {
   napi_value out = NULL;
   VN_CALL(env, napi_create_int64(env, v, &out));

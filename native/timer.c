@@ -12,20 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static napi_value timer_get_args(napi_env env, napi_callback_info info, size_t want,
-                                 napi_value *argv) {
-  size_t argc = want;
-  for (size_t i = 0; i < want; i++) argv[i] = NULL;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  napi_value undef = vn_undefined(env);
-  for (size_t i = argc; i < want; i++) argv[i] = undef;
-  return undef;
-}
-
-#define GET_ARGS(n)                                                            \
-  napi_value argv[n];                                                          \
-  if (timer_get_args(env, info, (n), argv) == NULL) return NULL
-
 /* timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK). */
 static napi_value js_timerfd_create(napi_env env, napi_callback_info info) {
   (void)info;

@@ -88,6 +88,17 @@ bool vn_get_bytes(napi_env env, napi_value value, const char *name, void **data,
 
 /* Returns `undefined` / `null` (helpers for returning from callbacks). */
 napi_value vn_undefined(napi_env env);
+
+/*
+ * Fills argv[0..want-1] with the call's arguments, `undefined` for missing ones. Returns NULL
+ * (with an exception pending) when the arguments cannot be read.
+ */
+napi_value vn_get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
+
+/* Declares `argv` with n arguments of the current call (returns NULL from the caller on failure). */
+#define GET_ARGS(n)                                                            \
+  napi_value argv[n];                                                          \
+  if (vn_get_args(env, info, (n), argv) == NULL) return NULL
 napi_value vn_null(napi_env env);
 
 /* ---- per-file initialisers: add their exports to `exports` ------------- */

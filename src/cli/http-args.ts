@@ -4,6 +4,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import type { Logger } from '../core/util/log.js';
+import type { WebOptions } from '../node/http/can-web.js';
 import { isLoopbackHost } from '../node/http/server.js';
 import type { ArgValues } from './common-args.js';
 
@@ -84,4 +85,57 @@ export function readHttpToken(file: string, log: Logger): string {
     log.warn('the HTTP token file can be read by other users (chmod 600 it)', { file });
   }
   return token;
+}
+
+/** What `serveHttp` hands the daemon runner: the web server (or null) and how to stop both. */
+export interface HttpServing<W> {
+  readonly web: W | null;
+  /** Closes the web server (when there is one), then stops the daemon. */
+  stop(): void;
+  /** For the "started" log line. */
+  readonly started: { http?: string };
+}
+
+/**
+ * Starts a daemon's --http server when one was asked for, with the token read before (so a bad
+ * token file fails start-up before any socket exists). A server that cannot start stops the daemon
+ * and fails start-up. Shared by every daemon that has --http.
+ */
+export async function serveHttp<W extends { readonly url: string; close(): void }>(
+  http: HttpCliOptions | null,
+  token: string | null,
+  log: Logger,
+  version: string,
+  stopDaemon: () => void,
+  start: (opts: WebOptions) => Promise<W>,
+): Promise<HttpServing<W>> {
+  let web: W | null = null;
+  if (http !== null) {
+    try {
+      web = await start({
+        host: http.host,
+        port: http.port,
+        token,
+        log: log.child({ http: `${http.host}:${http.port}` }),
+        version,
+      });
+    } catch (err) {
+      stopDaemon();
+      throw err;
+    }
+  }
+  return {
+    web,
+    stop: () => {
+      web?.close();
+      stopDaemon();
+    },
+    started: web === null ? {} : { http: `${web.url}/` },
+  };
+}
+
+/** The token of --http-token-file, read at once (null without one). */
+export function httpToken(http: HttpCliOptions | null, log: Logger): string | null {
+  const file = http?.tokenFile ?? null;
+  return file === null ? null : readHttpToken(file, log);
 }

@@ -4,10 +4,10 @@
  * handles the rest: help, exit codes, statistics, signals).
  */
 import { busName, startCanDaemon } from '../node/can/can-daemon.js';
-import { type CanWeb, startCanWeb } from '../node/http/can-web.js';
+import { startCanWeb } from '../node/http/can-web.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
-import { readHttpToken } from './http-args.js';
+import { httpToken, serveHttp } from './http-args.js';
 import { main, packageVersion } from './run-daemon.js';
 
 main<CanCliOptions>({
@@ -16,9 +16,7 @@ main<CanCliOptions>({
   help: CAN_HELP,
   parse: parseCanArgs,
   async start(o, log) {
-    // The token first: a bad token file fails start-up before any socket exists.
-    const tokenFile = o.http?.tokenFile ?? null;
-    const token = tokenFile === null ? null : readHttpToken(tokenFile, log);
+    const token = httpToken(o.http, log); // first: a bad token file fails before any socket exists
     const can = startCanDaemon({
       paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
       ...(o.fd === null ? {} : { listenFds: [o.fd] }),
@@ -44,29 +42,15 @@ main<CanCliOptions>({
         throw err;
       }
     }
-    let web: CanWeb | null = null;
-    if (o.http !== null) {
-      try {
-        web = await startCanWeb(can, {
-          host: o.http.host,
-          port: o.http.port,
-          token,
-          log: log.child({ http: `${o.http.host}:${o.http.port}` }),
-          version: packageVersion(),
-        });
-      } catch (err) {
-        can.stop();
-        throw err;
-      }
-    }
-    return {
-      stats: () => formatStats(can),
-      stop: () => {
-        web?.close();
-        can.stop();
-      },
-      ...(web === null ? {} : { started: { http: `${web.url}/` } }),
-    };
+    const http = await serveHttp(
+      o.http,
+      token,
+      log,
+      packageVersion(),
+      () => can.stop(),
+      (w) => startCanWeb(can, w),
+    );
+    return { stats: () => formatStats(can), stop: http.stop, started: http.started };
   },
   describe: (o) => ({
     sockets: o.socketCount,

@@ -5,11 +5,11 @@
  * backend) is restored on every way out.
  */
 import { type ConsoleBackend, startConsoleDaemon } from '../node/console/console-daemon.js';
-import { type ConsoleWeb, startConsoleWeb } from '../node/http/console-web.js';
+import { startConsoleWeb } from '../node/http/console-web.js';
 import { socketPaths } from './common-args.js';
 import { CONSOLE_HELP, type ConsoleCliOptions, parseConsoleArgs } from './console-args.js';
 import { formatConsoleStats } from './console-stats.js';
-import { readHttpToken } from './http-args.js';
+import { httpToken, serveHttp } from './http-args.js';
 import { main, packageVersion } from './run-daemon.js';
 
 function backendOf(o: ConsoleCliOptions, quit: () => void): ConsoleBackend {
@@ -29,8 +29,7 @@ main<ConsoleCliOptions>({
   help: CONSOLE_HELP,
   parse: parseConsoleArgs,
   async start(o, log, quit) {
-    const tokenFile = o.http?.tokenFile ?? null;
-    const token = tokenFile === null ? null : readHttpToken(tokenFile, log);
+    const token = httpToken(o.http, log); // first: a bad token file fails before any socket exists
     const con = await startConsoleDaemon({
       paths: o.socketPath === null ? [] : socketPaths(o.socketPath, o.socketCount),
       ...(o.fd !== null ? { listenFds: [o.fd] } : {}),
@@ -47,29 +46,15 @@ main<ConsoleCliOptions>({
       maxQueueSize: o.maxQueueSize,
       log,
     });
-    let web: ConsoleWeb | null = null;
-    if (o.http !== null) {
-      try {
-        web = await startConsoleWeb(con, {
-          host: o.http.host,
-          port: o.http.port,
-          token,
-          log: log.child({ http: `${o.http.host}:${o.http.port}` }),
-          version: packageVersion(),
-        });
-      } catch (err) {
-        con.stop();
-        throw err;
-      }
-    }
-    return {
-      stats: () => formatConsoleStats(con),
-      stop: () => {
-        web?.close();
-        con.stop();
-      },
-      ...(web === null ? {} : { started: { http: `${web.url}/` } }),
-    };
+    const http = await serveHttp(
+      o.http,
+      token,
+      log,
+      packageVersion(),
+      () => con.stop(),
+      (w) => startConsoleWeb(con, w),
+    );
+    return { stats: () => formatConsoleStats(con), stop: http.stop, started: http.started };
   },
   describe: (o) => ({
     sockets: o.fd !== null ? 1 : o.socketCount,

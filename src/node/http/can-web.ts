@@ -12,6 +12,7 @@ import { canMetrics } from './can-metrics.js';
 import { API_PORT, busViews, guestViews, MONITOR_PORT } from './can-view.js';
 import { type FaultControl, FaultError, HubFaultControl, parseFault } from './fault-control.js';
 import { FrameStreams, type FrameStreamsOptions, parseStreamRequest } from './frame-streams.js';
+import { metricsRoute } from './metrics-kit.js';
 import { HttpError, HttpServer, json, pageFiles, type Route, type RouteContext } from './server.js';
 
 export interface WebOptions {
@@ -133,19 +134,7 @@ export async function startCanWeb(can: CanDaemon, opts: WebOptions): Promise<Can
   };
 
   const routes: Route[] = [
-    {
-      method: 'GET',
-      path: /^\/metrics$/,
-      async handle({ res }) {
-        const text = await metrics.scrape();
-        res.writeHead(200, {
-          'Content-Type': metrics.contentType,
-          'Cache-Control': 'no-store',
-          'Content-Length': Buffer.byteLength(text),
-        });
-        res.end(text);
-      },
-    },
+    metricsRoute(metrics),
     {
       method: 'GET',
       path: /^\/api\/?$/,

@@ -5,7 +5,7 @@
 import type { ConsoleDaemon, ConsoleGuestStatus } from '../console/console-daemon.js';
 import { httpMetrics } from './can-metrics.js';
 import type { WebOptions } from './can-web.js';
-import { MetricsKit } from './metrics-kit.js';
+import { MetricsKit, metricsRoute } from './metrics-kit.js';
 import { HttpServer, type HttpServerStats, json, pageFiles, type Route } from './server.js';
 
 export interface ConsoleWeb {
@@ -182,19 +182,7 @@ export async function startConsoleWeb(con: ConsoleDaemon, opts: WebOptions): Pro
     { processMetrics: opts.processMetrics ?? true },
   );
   const routes: Route[] = [
-    {
-      method: 'GET',
-      path: /^\/metrics$/,
-      async handle({ res }) {
-        const text = await metrics.scrape();
-        res.writeHead(200, {
-          'Content-Type': metrics.contentType,
-          'Cache-Control': 'no-store',
-          'Content-Length': Buffer.byteLength(text),
-        });
-        res.end(text);
-      },
-    },
+    metricsRoute(metrics),
     {
       method: 'GET',
       path: /^\/api\/?$/,

@@ -8,6 +8,8 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 
+import type { Route } from './server.js';
+
 export type Labels = Record<string, string>;
 export type Emit = (labels: Labels, value: number) => void;
 
@@ -81,4 +83,21 @@ export function snake(s: string): string {
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .replace(/[^A-Za-z0-9]+/g, '_')
     .toLowerCase();
+}
+
+/** `GET /metrics`: a fresh scrape in the Prometheus text format, never cached. */
+export function metricsRoute(metrics: { scrape(): Promise<string>; readonly contentType: string }): Route {
+  return {
+    method: 'GET',
+    path: /^\/metrics$/,
+    async handle({ res }) {
+      const text = await metrics.scrape();
+      res.writeHead(200, {
+        'Content-Type': metrics.contentType,
+        'Cache-Control': 'no-store',
+        'Content-Length': Buffer.byteLength(text),
+      });
+      res.end(text);
+    },
+  };
 }

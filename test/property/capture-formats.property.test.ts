@@ -9,11 +9,14 @@ import { deflateSync, inflateSync } from 'node:zlib';
 import fc from 'fast-check';
 import type { CanErrorFrame } from '../../src/core/bus/can-error.js';
 import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../../src/core/bus/can-frame.js';
+import { MemoryChunks } from '../../src/core/capture/bytes.js';
 import {
+  AT_NS_LIMIT,
   type CaptureEvent,
   type CaptureFormat,
   type CaptureRecord,
   createCaptureDecoder,
+  createCaptureEncoder,
   type Direction,
   readCapture,
   writeCapture,
@@ -228,6 +231,53 @@ describe('capture formats round trip (write, then read in pieces)', () => {
     });
   }
 });
+
+describe("the recorder's number-time path writes the same bytes as the bigint one", () => {
+  for (const format of FORMATS) {
+    it(`${format}: frameAt(startNs + at) == frame(wall), times before and after the start`, () => {
+      fc.assert(
+        fc.property(
+          // A start anywhere (not on a millisecond or second), and times within AT_NS_LIMIT of it.
+          fc.bigInt({ min: 1_000_000_000_000_000_000n, max: 2_000_000_000_000_000_000n }),
+          fc.array(
+            fc.tuple(
+              fc.oneof(
+                fc.integer({ min: -2_000_000_000, max: 2_000_000_000 }),
+                fc.integer({ min: 0, max: AT_NS_LIMIT - 1 }),
+                fc.integer({ min: -AT_NS_LIMIT + 1, max: 0 }),
+              ),
+              fc.nat(9),
+            ),
+            { minLength: 1, maxLength: 20 },
+          ),
+          (startNs, items) => {
+            const write = (fast: boolean): Uint8Array[] => {
+              const out = new MemoryChunks();
+              const enc = createCaptureEncoder(format, { handler: out, startNs, chunkSize: 4096 });
+              const ch = enc.addChannel('default');
+              const tag = enc.tag('guest0', 'outbound');
+              for (const [at, pick] of items) {
+                const frame = makeCanFrame({ id: 0x120 + pick, fd: pick > 6, data: [pick, 1, 2, 3] });
+                if (fast) enc.frameAt(ch, frame, at, tag);
+                else enc.frame(ch, frame, startNs + BigInt(at), tag);
+              }
+              enc.flush();
+              return [...out.chunks.map((c) => c.bytes), ...out.chunks.map((c) => bigintBytes(c.lastNs))];
+            };
+            assert.deepEqual(write(true), write(false));
+          },
+        ),
+        { numRuns: 200 },
+      );
+    });
+  }
+});
+
+function bigintBytes(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigInt64(0, v);
+  return b;
+}
 
 const frameAt = (i: number): CaptureRecord => ({
   frame: makeCanFrame({ id: 0x100 + i, data: [i & 0xff, 1, 2], timestampNs: START + BigInt(i) * 1_000_000n }),

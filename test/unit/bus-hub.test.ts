@@ -739,3 +739,94 @@ describe('RingQueue', () => {
     assert.equal(q.shift(), undefined);
   });
 });
+
+describe('observers (observes: true)', () => {
+  it('see every frame of the others in bus order, counted, never queued, never their own', () => {
+    const hub = new CanHub({ name: 'obs', clock: () => 7n });
+    const seen: string[] = [];
+    const obs = hub.attach(
+      {
+        onFramesAvailable: () => assert.fail('an observer is never notified'),
+        onFrame: (f) => seen.push(`${f.id.toString(16)}@${f.timestampNs}/${f.origin}`),
+      },
+      { name: 'cap', observes: true },
+    );
+    const a = node(hub, 'a');
+    const b = node(hub, 'b');
+    a.port.transmit(makeCanFrame({ id: 0x10, data: [1, 2] }));
+    b.port.transmit(makeCanFrame({ id: 0x20, data: [3] }));
+    a.port.transmit(makeCanFrame({ id: 0x30, rtr: true, len: 4 }));
+    assert.deepEqual(seen, [`10@7/${a.port.id}`, `20@7/${b.port.id}`, `30@7/${a.port.id}`]);
+    assert.equal(obs.observes, true);
+    assert.equal(obs.queued, 0);
+    assert.equal(obs.take(), undefined);
+    assert.equal(obs.stats.rxFrames, 3);
+    assert.equal(obs.stats.rxBytes, 3); // payload bytes: 2 + 1 + 0 (RTR)
+    // The observer's own transmit reaches the others, not itself.
+    obs.transmit(makeCanFrame({ id: 0x40 }));
+    assert.equal(seen.length, 3);
+    assert.equal(a.got.at(-1)?.id, 0x40);
+  });
+
+  it('keep their accept policy; a detached observer sees nothing more', () => {
+    const hub = new CanHub({ name: 'obs2' });
+    const seen: number[] = [];
+    const obs = hub.attach(
+      { onFramesAvailable: () => {}, onFrame: (f) => seen.push(f.id) },
+      { name: 'cap', observes: true, accept: { classic: true, fd: false, rtr: false } },
+    );
+    const a = node(hub, 'a');
+    a.port.transmit(makeCanFrame({ id: 1, fd: true, data: new Uint8Array(12) }));
+    a.port.transmit(makeCanFrame({ id: 2, rtr: true }));
+    a.port.transmit(makeCanFrame({ id: 3 }));
+    assert.deepEqual(seen, [3]);
+    assert.equal(obs.stats.rxFiltered, 2);
+    obs.detach();
+    a.port.transmit(makeCanFrame({ id: 4 }));
+    assert.deepEqual(seen, [3]);
+  });
+
+  it('a throwing observer is reported like a failing handler; the others still get the frame', () => {
+    const reported: string[] = [];
+    const hub = new CanHub({ name: 'obs3', onHandlerError: (_e, p) => reported.push(p.name) });
+    hub.attach(
+      {
+        onFramesAvailable: () => {},
+        onFrame: () => {
+          throw new Error('boom');
+        },
+      },
+      { name: 'bad', observes: true },
+    );
+    const a = node(hub, 'a');
+    const b = node(hub, 'b');
+    assert.equal(a.port.transmit(makeCanFrame({ id: 5 })), 'sent');
+    assert.deepEqual(reported, ['bad']);
+    assert.deepEqual(
+      b.got.map((f) => f.id),
+      [5],
+    );
+  });
+
+  it('need onFrame and exclude releasesFrames and confirmsTransmit', () => {
+    const hub = new CanHub({ name: 'obs4' });
+    const h = { onFramesAvailable: () => {} };
+    assert.equal(
+      code(() => hub.attach(h, { name: 'x', observes: true })),
+      'ERR_BUS_INVALID_OPTION',
+    );
+    const o = { onFramesAvailable: () => {}, onFrame: () => {} };
+    assert.equal(
+      code(() => hub.attach(o, { name: 'y', observes: true, releasesFrames: true })),
+      'ERR_BUS_INVALID_OPTION',
+    );
+    assert.equal(
+      code(() => hub.attach(o, { name: 'z', observes: true, confirmsTransmit: true })),
+      'ERR_BUS_INVALID_OPTION',
+    );
+    assert.equal(
+      code(() => hub.attach(o, { name: 'w', observes: 1 as unknown as boolean })),
+      'ERR_BUS_INVALID_OPTION',
+    );
+  });
+});

@@ -15,6 +15,8 @@
  * - The owner of a port is told `onFramesAvailable()` once per frame queued for it, after the frame
  *   was queued to *all* receivers, and drains with `take()`. The notification is per frame (not edge
  *   triggered), so an owner that cannot drain now (no guest RX buffers) simply drains later.
+ * - An observer (attached with `observes`: captures, monitors) has no queue: `onFrame(frame)` is
+ *   called during the fan-out, in attach order, with the bus copy, which it reads there and then.
  *
  * Re-entrancy: a handler may call `transmit` (or detach/attach/setReceiving) from inside
  * `onFramesAvailable`. A transmit made while a fan-out is running is stamped and counted at once and
@@ -68,8 +70,16 @@ export type TxResult = 'sent' | 'dropped' | 'pending';
 
 /** Implemented by whoever owns a port. */
 export interface BusPortHandler {
-  /** Called synchronously after a frame was queued for this port (once per frame); drain with take(). */
+  /**
+   * Called synchronously after a frame was queued for this port (once per frame); drain with take().
+   * Never called for an observer (`observes`), which may leave it empty.
+   */
   onFramesAvailable(): void;
+  /**
+   * For ports attached with `observes`: each frame the port accepts, during the fan-out. The frame
+   * is the bus copy: read it in the call, do not keep or change it. Counted `rxFrames`.
+   */
+  onFrame?(frame: CanFrame): void;
   /** Fault injection / controller state changes for this port (`CanHub.injectBusState`). */
   onBusState?(state: BusState): void;
   /** Asynchronous transmit completion (reserved for host interfaces; the virtual hub completes synchronously). */
@@ -159,6 +169,8 @@ export interface HubPort {
   release(frame: CanFrame): void;
   /** True for ports attached with `releasesFrames`. */
   readonly releasesFrames: boolean;
+  /** True for ports attached with `observes` (no queue: frames go to `onFrame`). */
+  readonly observes: boolean;
   peek(): CanFrame | undefined;
   readonly queued: number;
   readonly queueLimit: number;
@@ -217,6 +229,12 @@ export interface AttachOptions {
   readonly releasesFrames?: boolean | undefined;
   /** Deliver error events to `onErrorFrame` (observers: captures, monitors, network peers). */
   readonly errorFrames?: boolean | undefined;
+  /**
+   * The owner only looks at frames as they pass (a capture, a monitor tap): each one it accepts is
+   * handed to `onFrame` during the fan-out, with no queue, no take() and no release(), so it cannot
+   * overflow and costs the bus least. Excludes `confirmsTransmit` and `releasesFrames`.
+   */
+  readonly observes?: boolean | undefined;
 }
 
 export interface CanHubOptions {
@@ -434,6 +452,8 @@ class Port implements HubPort, TimedNode {
   confirmsTransmit = false;
   releasesFrames = false;
   wantsErrorFrames = false;
+  /** Attached with `observes`: frames go to `handler.onFrame` during the fan-out, never queued. */
+  observes = false;
   /** Frames taken from a releasing port and not released yet (guards against stray releases). */
   outstanding = 0;
   // Fault confinement (timed bus; injected states set them too).
@@ -1053,7 +1073,15 @@ class BusEngine implements TimedHost {
   attach(handler: BusPortHandler, opts: AttachOptions): Port {
     if (this.closed) throw new CanHubError('ERR_BUS_CLOSED', `hub ${this.hubName} is closed`);
     const name = checkName(opts?.name, 'port name');
-    if (typeof handler?.onFramesAvailable !== 'function') {
+    if (opts.observes !== undefined && typeof opts.observes !== 'boolean') {
+      throw invalid(`port ${name}: observes must be a boolean`);
+    }
+    if (opts.observes === true) {
+      if (typeof handler?.onFrame !== 'function') throw invalid(`port ${name}: an observer needs onFrame()`);
+      if (opts.releasesFrames === true || opts.confirmsTransmit === true) {
+        throw invalid(`port ${name}: observes excludes releasesFrames and confirmsTransmit`);
+      }
+    } else if (typeof handler?.onFramesAvailable !== 'function') {
       throw invalid(`port ${name}: handler needs onFramesAvailable()`);
     }
     if (opts.receiveOwn !== undefined && opts.receiveOwn !== false) {
@@ -1080,6 +1108,7 @@ class BusEngine implements TimedHost {
     }
     if (opts.releasesFrames === true) port.releasesFrames = true;
     if (opts.errorFrames === true) port.wantsErrorFrames = true;
+    if (opts.observes === true) port.observes = true;
     this.ports = Object.freeze([...this.ports, port]);
     this.sizePool();
     this.refreshSpecial(port);
@@ -1243,6 +1272,14 @@ class BusEngine implements TimedHost {
       } else if (!p.receiving) {
         st.rxDiscardedClosed++;
         if (p.confirmsTransmit) refusedByConfirming = true;
+      } else if (p.observes) {
+        st.rxFrames++;
+        st.rxBytes += payload;
+        try {
+          p.handler.onFrame!(frame);
+        } catch (err) {
+          this.handlerFailed(err, p);
+        }
       } else if (p.queue.size >= p.queueLimit) {
         st.rxDroppedOverflow++;
         this.droppedOverflow++;

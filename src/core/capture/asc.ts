@@ -99,18 +99,25 @@ export class AscEncoder implements CaptureEncoder {
   readonly headerHasTotals = false;
   readonly chunkSize: number;
   readonly #out: ChunkWriter;
+  readonly startNs: bigint;
+  /** The file's time base: `startNs` down to the millisecond (the date line holds milliseconds). */
   readonly #startNs: bigint;
+  /** `startNs - #startNs` (under a millisecond). */
+  readonly #startFraction: number;
   readonly #startMs: number;
   /** `SSSS.uuuuuu` right-aligned to 11 columns, of the last timestamp. */
   readonly #stampBytes = new Uint8Array(32);
   #stampLen = 0;
+  readonly #scratch = new Uint8Array(32);
   #lastWall = -1n;
 
   constructor(opts: CaptureEncoderOptions) {
     this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize);
+    this.startNs = opts.startNs;
+    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
     this.#startMs = Number(opts.startNs / NS_PER_MS);
     this.#startNs = BigInt(this.#startMs) * NS_PER_MS;
+    this.#startFraction = Number(opts.startNs - this.#startNs);
   }
 
   #comment(channel: number): string {
@@ -123,7 +130,7 @@ export class AscEncoder implements CaptureEncoder {
     const line = ascii(this.#comment(c));
     const at = this.#out.reserve(line.length);
     this.#out.buf.set(line, at);
-    this.#out.commit(at + line.length, 0, 0n);
+    this.#out.commit(at + line.length, 0);
     this.#out.channels = this.channels.length;
     return c;
   }
@@ -133,15 +140,32 @@ export class AscEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
     let rel = wallNs - this.#startNs;
     if (rel < 0n) rel = 0n;
     const us = rel / 1000n;
-    const tmp = new Uint8Array(32);
-    let p = putDec(tmp, 0, Number(us / 1_000_000n), 1);
+    this.#put(Number(us / 1_000_000n), Number(us % 1_000_000n));
+  }
+
+  /** `#stamp` of `startNs + atNs`, in numbers. */
+  #stampAt(atNs: number): void {
+    this.#out.lastWall = null;
+    this.#out.lastAt = atNs;
+    this.#lastWall = -1n;
+    const rel = atNs + this.#startFraction;
+    const us = rel < 0 ? 0 : Math.floor(rel / 1000);
+    const s = Math.floor(us / 1_000_000);
+    this.#put(s, us - s * 1_000_000);
+  }
+
+  /** Formats `seconds.micros` right-aligned to 11 columns, then a space. */
+  #put(seconds: number, micros: number): void {
+    const tmp = this.#scratch;
+    let p = putDec(tmp, 0, seconds, 1);
     tmp[p++] = 0x2e;
-    p = putDec(tmp, p, Number(us % 1_000_000n), 6);
+    p = putDec(tmp, p, micros, 6);
     const width = Math.max(11, p);
     const b = this.#stampBytes;
     b.fill(0x20, 0, width - p);
@@ -150,11 +174,11 @@ export class AscEncoder implements CaptureEncoder {
     this.#stampLen = width + 1;
   }
 
-  #begin(channel: number, wallNs: bigint, max: number): number {
+  /** Starts a line (time already stamped); returns where its text goes. */
+  #begin(channel: number, max: number): number {
     if (!(channel >= 0 && channel < this.channels.length)) {
       throw new RangeError(`channel ${channel} was not declared (addChannel)`);
     }
-    this.#stamp(wallNs);
     const out = this.#out;
     const at = out.reserve(this.#stampLen + max);
     out.buf.set(this.#stampBytes.subarray(0, this.#stampLen), at);
@@ -162,7 +186,17 @@ export class AscEncoder implements CaptureEncoder {
   }
 
   frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    let p = this.#begin(channel, wallNs, 512);
+    this.#stamp(wallNs);
+    this.#frame(channel, f, tag);
+  }
+
+  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
+    this.#stampAt(atNs);
+    this.#frame(channel, f, tag);
+  }
+
+  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+    let p = this.#begin(channel, 512);
     const b = this.#out.buf;
     const dir = (tag as AscTag).dir;
     if (!f.fd) {
@@ -211,15 +245,16 @@ export class AscEncoder implements CaptureEncoder {
       p = putAscii(b, p, '        0        0        0        0        0');
     }
     b[p++] = 0x0a;
-    this.#out.commit(p, 1, wallNs);
+    this.#out.commit(p, 1);
   }
 
   errorFrame(channel: number, _e: CanErrorFrame, wallNs: bigint, _tag: CaptureTag): void {
-    let p = this.#begin(channel, wallNs, 32);
+    this.#stamp(wallNs);
+    let p = this.#begin(channel, 32);
     const b = this.#out.buf;
     p = putDec(b, p, channel + 1, 1);
     p = putAscii(b, p, '  ErrorFrame\n');
-    this.#out.commit(p, 1, wallNs);
+    this.#out.commit(p, 1);
   }
 
   flush(): void {

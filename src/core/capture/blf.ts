@@ -96,17 +96,23 @@ export class BlfEncoder implements CaptureEncoder {
   readonly headerHasTotals = true;
   readonly chunkSize: number;
   readonly #out: ChunkWriter;
+  readonly startNs: bigint;
   readonly #startMs: number;
+  /** The file's time base: `startNs` down to the millisecond (the header holds milliseconds). */
   readonly #startNs: bigint;
+  /** `startNs - #startNs` (under a millisecond). */
+  readonly #startFraction: number;
   #lastWall = -1n;
   #tsLow = 0;
   #tsHigh = 0;
 
   constructor(opts: CaptureEncoderOptions) {
     this.chunkSize = opts.chunkSize ?? BLF_CONTAINER_SIZE;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize);
+    this.startNs = opts.startNs;
+    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
     this.#startMs = Number(opts.startNs / NS_PER_MS);
     this.#startNs = BigInt(this.#startMs) * NS_PER_MS;
+    this.#startFraction = Number(opts.startNs - this.#startNs);
   }
 
   addChannel(name: string): number {
@@ -120,6 +126,7 @@ export class BlfEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
     let rel = wallNs - this.#startNs;
@@ -128,12 +135,26 @@ export class BlfEncoder implements CaptureEncoder {
     this.#tsHigh = Number(rel >> 32n);
   }
 
-  /** Writes an object header; returns the offset of the object's body. */
-  #begin(channel: number, type: number, body: number, wallNs: bigint): { at: number; size: number } {
+  /** `#stamp` of `startNs + atNs`, in numbers. */
+  #stampAt(atNs: number): void {
+    this.#out.lastWall = null;
+    this.#out.lastAt = atNs;
+    this.#lastWall = -1n;
+    let rel = atNs + this.#startFraction;
+    if (rel < 0) rel = 0;
+    const high = Math.floor(rel / 0x1_0000_0000);
+    this.#tsHigh = high;
+    this.#tsLow = rel - high * 0x1_0000_0000;
+  }
+
+  /**
+   * Writes the header of an object of OBJ_V1 + `body` bytes (time already stamped); returns where
+   * the object starts.
+   */
+  #begin(channel: number, type: number, body: number): number {
     if (!(channel >= 0 && channel < this.channels.length)) {
       throw new RangeError(`channel ${channel} was not declared (addChannel)`);
     }
-    this.#stamp(wallNs);
     const size = OBJ_V1 + body;
     const out = this.#out;
     const at = out.reserve(size + (size % 4));
@@ -148,21 +169,33 @@ export class BlfEncoder implements CaptureEncoder {
     dv.setUint16(at + 22, 0, true);
     dv.setUint32(at + 24, this.#tsLow, true);
     dv.setUint32(at + 28, this.#tsHigh, true);
-    return { at, size };
+    return at;
   }
 
-  #end(at: number, size: number, wallNs: bigint): void {
+  /** Ends the object of `size` bytes at `at` (padded to 4 bytes). */
+  #end(at: number, size: number): void {
     const pad = size % 4;
     const b = this.#out.buf;
     for (let i = at + size; i < at + size + pad; i++) b[i] = 0;
-    this.#out.commit(at + size + pad, 1, wallNs);
+    this.#out.commit(at + size + pad, 1);
   }
 
   frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
+    this.#stamp(wallNs);
+    this.#frame(channel, f, tag);
+  }
+
+  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
+    this.#stampAt(atNs);
+    this.#frame(channel, f, tag);
+  }
+
+  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
     const tx = (tag as BlfTag).tx;
     const id = (f.extended ? (f.id | EXT_ID) >>> 0 : f.id) >>> 0;
     if (!f.fd) {
-      const { at, size } = this.#begin(channel, CAN_MESSAGE2, 24, wallNs);
+      const size = OBJ_V1 + 24;
+      const at = this.#begin(channel, CAN_MESSAGE2, 24);
       const b = this.#out.buf;
       const dv = this.#out.dv;
       const p = at + OBJ_V1;
@@ -173,11 +206,12 @@ export class BlfEncoder implements CaptureEncoder {
       const d = f.data;
       for (let i = 0; i < 8; i++) b[p + 8 + i] = d[i] ?? 0;
       for (let i = p + 16; i < p + 24; i++) b[i] = 0; // frame length, bit count, reserved
-      this.#end(at, size, wallNs);
+      this.#end(at, size);
       return;
     }
     const n = f.len;
-    const { at, size } = this.#begin(channel, CAN_FD_MESSAGE_64, 40 + n, wallNs);
+    const size = OBJ_V1 + 40 + n;
+    const at = this.#begin(channel, CAN_FD_MESSAGE_64, 40 + n);
     const b = this.#out.buf;
     const dv = this.#out.dv;
     const p = at + OBJ_V1;
@@ -193,11 +227,13 @@ export class BlfEncoder implements CaptureEncoder {
     b[p + 35] = 0; // ext data offset
     dv.setUint32(p + 36, 0, true); // crc
     b.set(f.data, p + 40);
-    this.#end(at, size, wallNs);
+    this.#end(at, size);
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, _tag: CaptureTag): void {
-    const { at, size } = this.#begin(channel, CAN_ERROR_EXT, 32, wallNs);
+    this.#stamp(wallNs);
+    const size = OBJ_V1 + 32;
+    const at = this.#begin(channel, CAN_ERROR_EXT, 32);
     const b = this.#out.buf;
     const dv = this.#out.dv;
     const p = at + OBJ_V1;
@@ -206,7 +242,7 @@ export class BlfEncoder implements CaptureEncoder {
     b[p + 10] = 8; // dlc
     dv.setUint32(p + 16, e.classBits >>> 0, true);
     for (let i = 0; i < 8; i++) b[p + 24 + i] = e.data[i] ?? 0;
-    this.#end(at, size, wallNs);
+    this.#end(at, size);
   }
 
   flush(): void {

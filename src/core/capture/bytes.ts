@@ -12,16 +12,23 @@ export class ChunkWriter {
   /** Write position (bytes committed so far). */
   pos = 0;
   records = 0;
-  lastNs = 0n;
+  /**
+   * Time of the last record: `lastWall` when it was given as a bigint, else `lastAt` ns after
+   * `startNs` (the encoders' fast path keeps bigint arithmetic out of every record).
+   */
+  lastWall: bigint | null = null;
+  lastAt = 0;
   channelsAtStart = 0;
   readonly size: number;
+  readonly startNs: bigint;
   readonly #handler: ChunkHandler;
   /** Channels declared so far (the encoder keeps it current). */
   channels = 0;
 
-  constructor(handler: ChunkHandler, size: number) {
+  constructor(handler: ChunkHandler, size: number, startNs: bigint) {
     this.#handler = handler;
     this.size = size;
+    this.startNs = startNs;
     this.buf = handler.allocate(size);
     this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
   }
@@ -37,13 +44,19 @@ export class ChunkWriter {
     return 0;
   }
 
-  /** Ends the block that began at the last `reserve`: `end` is the offset after its last byte. */
-  commit(end: number, records: number, lastNs: bigint): void {
+  /**
+   * Ends the block that began at the last `reserve`: `end` is the offset after its last byte. A
+   * block holding a record (`records` > 0) sets `lastWall` or `lastAt` before.
+   */
+  commit(end: number, records: number): void {
     this.pos = end;
-    if (records > 0) {
-      this.records += records;
-      this.lastNs = lastNs;
-    }
+    this.records += records;
+  }
+
+  /** Wall-clock time of the chunk's last record (0n when it has none). */
+  get lastNs(): bigint {
+    if (this.records === 0) return 0n;
+    return this.lastWall ?? this.startNs + BigInt(this.lastAt);
   }
 
   /** Hands the filled part (if any) to the handler and continues in a fresh buffer. */
@@ -65,7 +78,8 @@ export class ChunkWriter {
     this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
     this.pos = 0;
     this.records = 0;
-    this.lastNs = 0n;
+    this.lastWall = null;
+    this.lastAt = 0;
     this.channelsAtStart = this.channels;
   }
 }

@@ -43,10 +43,17 @@ export class CandumpLogEncoder implements CaptureEncoder {
   readonly #prefix = new Uint8Array(24);
   #prefixLen = 0;
   #lastWall = -1n;
+  readonly startNs: bigint;
+  /** `startNs` as whole seconds and the nanoseconds after them. */
+  readonly #startS: number;
+  readonly #startFraction: number;
 
   constructor(opts: CaptureEncoderOptions) {
     this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize);
+    this.startNs = opts.startNs;
+    this.#startS = Number(opts.startNs / NS_PER_S);
+    this.#startFraction = Number(opts.startNs % NS_PER_S);
+    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
   }
 
   addChannel(name: string): number {
@@ -64,24 +71,42 @@ export class CandumpLogEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
     const w = wallNs < 0n ? 0n : wallNs;
+    this.#put(Number(w / NS_PER_S), Math.floor(Number(w % NS_PER_S) / 1000));
+  }
+
+  /** `#stamp` of `startNs + atNs`, in numbers. */
+  #stampAt(atNs: number): void {
+    this.#out.lastWall = null;
+    this.#out.lastAt = atNs;
+    this.#lastWall = -1n;
+    const ns = this.#startFraction + atNs;
+    const carry = Math.floor(ns / 1e9);
+    const s = this.#startS + carry;
+    if (s < 0) this.#put(0, 0);
+    else this.#put(s, Math.floor((ns - carry * 1e9) / 1000));
+  }
+
+  /** The line prefix `(seconds.micros) `. */
+  #put(seconds: number, micros: number): void {
     const b = this.#prefix;
     b[0] = 0x28; // (
-    let p = putDec(b, 1, Number(w / NS_PER_S), 10);
+    let p = putDec(b, 1, seconds, 10);
     b[p++] = 0x2e; // .
-    p = putDec(b, p, Math.floor(Number(w % NS_PER_S) / 1000), 6);
+    p = putDec(b, p, micros, 6);
     b[p++] = 0x29; // )
     b[p++] = 0x20;
     this.#prefixLen = p;
   }
 
   /** Writes the line prefix and interface; returns the offset for the frame text. */
-  #begin(channel: number, wallNs: bigint, max: number): number {
+  /** Writes the line prefix and interface (time already stamped); returns where the frame goes. */
+  #begin(channel: number, max: number): number {
     const name = this.#names[channel];
     if (name === undefined) throw new RangeError(`channel ${channel} was not declared (addChannel)`);
-    this.#stamp(wallNs);
     const out = this.#out;
     const at = out.reserve(MAX_FIXED + name.length + max);
     const b = out.buf;
@@ -93,17 +118,27 @@ export class CandumpLogEncoder implements CaptureEncoder {
     return p;
   }
 
-  #end(p: number, tag: CaptureTag, wallNs: bigint): void {
+  #end(p: number, tag: CaptureTag): void {
     const b = this.#out.buf;
     const suffix = (tag as LogTag).suffix;
     b.set(suffix, p);
     p += suffix.length;
     b[p++] = 0x0a;
-    this.#out.commit(p, 1, wallNs);
+    this.#out.commit(p, 1);
   }
 
   frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    let p = this.#begin(channel, wallNs, 0);
+    this.#stamp(wallNs);
+    this.#frame(channel, f, tag);
+  }
+
+  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
+    this.#stampAt(atNs);
+    this.#frame(channel, f, tag);
+  }
+
+  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+    let p = this.#begin(channel, 0);
     const b = this.#out.buf;
     p = f.extended ? putHex(b, p, f.id, 8) : putHex(b, p, f.id, 3);
     b[p++] = 0x23; // #
@@ -126,16 +161,17 @@ export class CandumpLogEncoder implements CaptureEncoder {
       b[p++] = 0x5f; // _
       b[p++] = HEX_UPPER[f.len8Dlc]!;
     }
-    this.#end(p, tag, wallNs);
+    this.#end(p, tag);
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {
-    let p = this.#begin(channel, wallNs, 0);
+    this.#stamp(wallNs);
+    let p = this.#begin(channel, 0);
     const b = this.#out.buf;
     p = putHex(b, p, (CanErr.FLAG | (e.classBits & CanErr.MASK)) >>> 0, 8);
     b[p++] = 0x23;
     for (let i = 0; i < 8; i++) p = putHex(b, p, e.data[i] ?? 0, 2);
-    this.#end(p, tag, wallNs);
+    this.#end(p, tag);
   }
 
   flush(): void {

@@ -100,13 +100,21 @@ export class PcapngEncoder implements CaptureEncoder {
   readonly #out: ChunkWriter;
   readonly #application: string;
   readonly #idbs: Uint8Array[] = [];
+  readonly startNs: bigint;
+  /** `startNs` as two 32-bit halves (the EPB's timestamp layout). */
+  readonly #startHigh: number;
+  readonly #startLow: number;
   #lastWall = -1n;
   #tsHigh = 0;
   #tsLow = 0;
 
   constructor(opts: CaptureEncoderOptions) {
     this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize);
+    this.startNs = opts.startNs;
+    const start = opts.startNs < 0n ? 0n : opts.startNs;
+    this.#startHigh = Number(start >> 32n);
+    this.#startLow = Number(start & 0xffffffffn);
+    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
     this.#application = opts.application ?? 'vhost-device-ts';
   }
 
@@ -116,7 +124,7 @@ export class PcapngEncoder implements CaptureEncoder {
     // Packets of this channel follow its IDB in the stream.
     const at = this.#out.reserve(idb.length);
     this.#out.buf.set(idb, at);
-    this.#out.commit(at + idb.length, 0, 0n);
+    this.#out.commit(at + idb.length, 0);
     this.channels.push(name);
     this.#out.channels = this.channels.length;
     return this.channels.length - 1;
@@ -152,6 +160,7 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
     const w = wallNs < 0n ? 0n : wallNs;
@@ -159,10 +168,29 @@ export class PcapngEncoder implements CaptureEncoder {
     this.#tsLow = Number(w & 0xffffffffn);
   }
 
-  /** Starts an EPB with a packet of `caplen` bytes; returns the offset of the packet. */
-  #begin(channel: number, caplen: number, opts: Uint8Array, wallNs: bigint): number {
+  /** `#stamp` of `startNs + atNs`, in numbers (exact: every sum stays below 2^53). */
+  #stampAt(atNs: number): void {
+    this.#out.lastWall = null;
+    this.#out.lastAt = atNs;
+    this.#lastWall = -1n;
+    let low = this.#startLow + atNs;
+    let high = this.#startHigh;
+    if (low >= 0x1_0000_0000 || low < 0) {
+      const carry = Math.floor(low / 0x1_0000_0000);
+      high += carry;
+      low -= carry * 0x1_0000_0000;
+    }
+    if (high < 0) {
+      high = 0;
+      low = 0;
+    }
+    this.#tsHigh = high;
+    this.#tsLow = low;
+  }
+
+  /** Starts an EPB with a packet of `caplen` bytes (time already stamped); returns its offset. */
+  #begin(channel: number, caplen: number, opts: Uint8Array): number {
     this.#checkChannel(channel);
-    this.#stamp(wallNs);
     const total = EPB_FIXED + caplen + opts.length;
     const out = this.#out;
     const at = out.reserve(total);
@@ -189,9 +217,19 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
+    this.#stamp(wallNs);
+    this.#frame(channel, f, tag);
+  }
+
+  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
+    this.#stampAt(atNs);
+    this.#frame(channel, f, tag);
+  }
+
+  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
     const opts = (tag as PcapngTag).options;
     const caplen = f.fd ? FD_PACKET : CLASSIC_PACKET;
-    const p = this.#begin(channel, caplen, opts, wallNs);
+    const p = this.#begin(channel, caplen, opts);
     const out = this.#out;
     const b = out.buf;
     let id = f.id;
@@ -206,12 +244,13 @@ export class PcapngEncoder implements CaptureEncoder {
     const n = data.length;
     for (let i = 0; i < n; i++) b[p + 8 + i] = data[i]!;
     for (let i = p + 8 + n; i < p + caplen; i++) b[i] = 0;
-    out.commit(p + caplen + opts.length + 4, 1, wallNs);
+    out.commit(p + caplen + opts.length + 4, 1);
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {
     const opts = (tag as PcapngTag).options;
-    const p = this.#begin(channel, CLASSIC_PACKET, opts, wallNs);
+    this.#stamp(wallNs);
+    const p = this.#begin(channel, CLASSIC_PACKET, opts);
     const out = this.#out;
     out.dv.setUint32(p, (CAN_ERR_FLAG | (e.classBits & CanErr.MASK)) >>> 0, false);
     const b = out.buf;
@@ -220,7 +259,7 @@ export class PcapngEncoder implements CaptureEncoder {
     b[p + 6] = 0;
     b[p + 7] = 0;
     for (let i = 0; i < 8; i++) b[p + 8 + i] = e.data[i] ?? 0;
-    out.commit(p + CLASSIC_PACKET + opts.length + 4, 1, wallNs);
+    out.commit(p + CLASSIC_PACKET + opts.length + 4, 1);
   }
 
   flush(): void {

@@ -109,8 +109,13 @@ export interface FileTotals {
   readonly lastNs: bigint;
 }
 
+/** The largest |atNs| `CaptureEncoder.frameAt` takes (2^52 ns, about 52 days). */
+export const AT_NS_LIMIT = 2 ** 52;
+
 export interface CaptureEncoder {
   readonly format: CaptureFormat;
+  /** The `startNs` it was created with: the origin of `frameAt` times. */
+  readonly startNs: bigint;
   /** Channel names by number, in the order they were added. */
   readonly channels: readonly string[];
   /** Declares a channel (a bus); returns its number. pcapng writes its interface block here. */
@@ -118,6 +123,11 @@ export interface CaptureEncoder {
   /** The per-record marks of a port, prepared once. */
   tag(port: string | undefined, direction: Direction | undefined): CaptureTag;
   frame(channel: number, frame: CanFrame, wallNs: bigint, tag: CaptureTag): void;
+  /**
+   * `frame` with the time as nanoseconds after `startNs`, a number: the recorder's per-frame path,
+   * free of bigint arithmetic. Exact for |atNs| up to AT_NS_LIMIT (52 days); past it use `frame`.
+   */
+  frameAt(channel: number, frame: CanFrame, atNs: number, tag: CaptureTag): void;
   errorFrame(channel: number, error: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void;
   /** Emits the partly filled chunk (if any). */
   flush(): void;

@@ -1,11 +1,12 @@
 /**
- * Recording buses: a capture port is a hub port (attached with `errorFrames` and `releasesFrames`)
- * that encodes each frame the moment it is fanned out, releases it, and leaves the writing to its
+ * Recording buses: a capture port is a hub observer (attached with `observes` and `errorFrames`)
+ * that encodes each frame during its fan-out, into the encoder's chunk, and leaves the writing to its
  * CaptureFile. Several buses may record into one file (one channel / pcapng interface each).
  *
  * Time: frames carry the bus clock (CLOCK_MONOTONIC ns); the file gets wall-clock time
  * `epochOffsetNs + frame.timestampNs`, the offset taken once when the daemon starts (so a wall-clock
- * step while running does not reorder the file).
+ * step while running does not reorder the file). Per frame that is one bigint subtraction: the time
+ * goes to the encoder as a number of ns after the file's start (`frameAt`).
  *
  * Direction: frames a guest sent (ports named `guest<N>`) are marked outbound, all others (host
  * interfaces, links, replays, library ports) inbound; error frames inbound. pcapng also names the
@@ -13,8 +14,10 @@
  */
 import { resolve } from 'node:path';
 import type { CanErrorFrame } from '../../core/bus/can-error.js';
+import type { CanFrame } from '../../core/bus/can-frame.js';
 import type { CanHub, HubPort, HubRegistry } from '../../core/bus/hub.js';
 import {
+  AT_NS_LIMIT,
   type CaptureFormat,
   type CaptureTag,
   captureFormatOf,
@@ -59,8 +62,6 @@ export class CapturePort {
   readonly #direction: (portName: string) => Direction | undefined;
   readonly #tags = new Map<number, CaptureTag>();
   readonly #errorTags = new Map<number, CaptureTag>();
-  #lastTs = -1n;
-  #lastWall = 0n;
   #lastOrigin = -1;
   #lastTag: CaptureTag | undefined;
 
@@ -72,24 +73,24 @@ export class CapturePort {
     this.channel = file.encoder.addChannel(channelName);
     file.touch();
     const enc = file.encoder;
+    const epoch = this.#epoch;
+    // The bus clock's reading at the file's start: `frameAt` times are `timestampNs - base`.
+    const base = enc.startNs - epoch;
+    const channel = this.channel;
+    const stats = this.stats;
     this.port = hub.attach(
       {
-        onFramesAvailable: () => {
-          const port = this.port;
-          for (let f = port.take(); f !== undefined; f = port.take()) {
-            const ts = f.timestampNs;
-            if (ts !== this.#lastTs) {
-              this.#lastTs = ts;
-              this.#lastWall = this.#epoch + ts;
-            }
-            if (f.origin !== this.#lastOrigin) {
-              this.#lastOrigin = f.origin;
-              this.#lastTag = this.#tags.get(f.origin) ?? this.#tagOf(f.origin, false);
-            }
-            enc.frame(this.channel, f, this.#lastWall, this.#lastTag!);
-            port.release(f);
-            this.stats.frames++;
+        onFramesAvailable: () => {}, // an observer: frames come to onFrame
+        onFrame: (f: CanFrame) => {
+          if (f.origin !== this.#lastOrigin) {
+            this.#lastOrigin = f.origin;
+            this.#lastTag = this.#tags.get(f.origin) ?? this.#tagOf(f.origin, false);
           }
+          const ts = f.timestampNs;
+          const at = Number(ts - base);
+          if (at < AT_NS_LIMIT && at > -AT_NS_LIMIT) enc.frameAt(channel, f, at, this.#lastTag!);
+          else enc.frame(channel, f, epoch + ts, this.#lastTag!);
+          stats.frames++;
           file.touch();
         },
         onErrorFrame: (e: CanErrorFrame) => {
@@ -99,7 +100,7 @@ export class CapturePort {
           file.touch();
         },
       },
-      { name: opts.portName ?? `capture:${file.path}`, releasesFrames: true, errorFrames: true },
+      { name: opts.portName ?? `capture:${file.path}`, observes: true, errorFrames: true },
     );
   }
 

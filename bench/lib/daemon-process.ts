@@ -30,6 +30,9 @@ export interface BusStatsLine {
     lateP50Us: number;
     lateP99Us: number;
     lateMaxUs: number;
+    /** Frames delivered, and how many at most LATE_EDGES_US[i] late (cumulative). */
+    lateCount: number;
+    lateBuckets: number[];
     behind: number;
     pauses: number;
     wakeups: number;
@@ -183,6 +186,11 @@ export class DaemonProcess extends DaemonChild<StatsWaiter, DaemonStats> {
                 lateP50Us: Number(o.lateP50Us),
                 lateP99Us: Number(o.lateP99Us),
                 lateMaxUs: Number(o.lateMaxUs),
+                lateCount: Number(o.lateCount ?? 0),
+                lateBuckets: String(o.lateBuckets ?? '')
+                  .split(' ')
+                  .filter((x) => x !== '')
+                  .map(Number),
                 behind: Number(o.behind),
                 pauses: Number(o.pauses),
                 wakeups: Number(o.wakeups),

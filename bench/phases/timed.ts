@@ -11,6 +11,7 @@
  *   - the untimed baseline of the same run: the same flow on an untimed bus.
  */
 import { execFileSync } from 'node:child_process';
+import { LATENESS_EDGES_US } from '../../src/core/bus/timed-bus.js';
 import { sleep } from '../lib/children.js';
 import { type Ctx, FRAMES, log, measured, perS, r1 } from '../lib/context.js';
 import type { DaemonProcess } from '../lib/daemon-process.js';
@@ -38,6 +39,13 @@ export interface TimedFlowResult {
   lateP50Us: number | null;
   lateP99Us: number | null;
   lateMaxUs: number | null;
+  /**
+   * The same over the measured window only (after warm-up: from the daemon's cumulative lateness
+   * buckets, interpolated within a bucket), and the share of the window's frames at most 100 us late.
+   */
+  winP50Us: number | null;
+  winP99Us: number | null;
+  winWithin100: number | null;
   /** Late wake-ups (more than 1 ms) and pauses for inputs, over the daemon's life. */
   behind: number | null;
   pauses: number | null;
@@ -132,6 +140,9 @@ async function timedFlow(
     let max = 0;
     let behind = 0;
     let pauses = 0;
+    let winP50: number | null = null;
+    let winP99: number | null = null;
+    let within100: number | null = null;
     b1.forEach((b, i) => {
       frames += b.frames - (b0[i]?.frames ?? 0);
       const t0 = b0[i]?.timing;
@@ -147,6 +158,12 @@ async function timedFlow(
       max = Math.max(max, b.timing.lateMaxUs);
       behind += b.timing.behind;
       pauses += b.timing.pauses;
+      const w = windowLateness(t0.lateCount, t0.lateBuckets, b.timing.lateCount, b.timing.lateBuckets);
+      if (w !== null) {
+        winP50 = Math.max(winP50 ?? 0, w.p50);
+        winP99 = Math.max(winP99 ?? 0, w.p99);
+        within100 = Math.min(within100 ?? 1, w.within100);
+      }
     });
     const timed = bitrate !== null;
     const dCpu = (s1.cpu.daemon ?? 0) - (s0.cpu.daemon ?? 0);
@@ -165,6 +182,9 @@ async function timedFlow(
       lateP50Us: timed ? p50 : null,
       lateP99Us: timed ? p99 : null,
       lateMaxUs: timed ? max : null,
+      winP50Us: winP50,
+      winP99Us: winP99,
+      winWithin100: within100,
       behind: timed ? behind : null,
       pauses: timed ? pauses : null,
       daemonCpuPercent: cpu.perRole.daemon ?? Number.NaN,
@@ -176,6 +196,37 @@ async function timedFlow(
     await ctx.closeGuests();
     await ctx.stopDaemon(d);
   }
+}
+
+/**
+ * Lateness quantiles (us) of the frames delivered between two readings of a bus's cumulative
+ * buckets, interpolated linearly within a bucket (beyond the last edge: that edge); null when no
+ * frame was delivered in between.
+ */
+export function windowLateness(
+  count0: number,
+  buckets0: readonly number[],
+  count1: number,
+  buckets1: readonly number[],
+): { p50: number; p99: number; within100: number } | null {
+  const total = count1 - count0;
+  if (total <= 0 || buckets1.length !== LATENESS_EDGES_US.length) return null;
+  const cum = LATENESS_EDGES_US.map((_, i) => (buckets1[i] ?? 0) - (buckets0[i] ?? 0));
+  const q = (p: number): number => {
+    const want = Math.max(1, Math.ceil(p * total));
+    let prevEdge = 0;
+    let prevCum = 0;
+    for (let i = 0; i < cum.length; i++) {
+      const c = cum[i]!;
+      const edge = LATENESS_EDGES_US[i]!;
+      if (c >= want) return Math.round(prevEdge + ((edge - prevEdge) * (want - prevCum)) / (c - prevCum));
+      prevEdge = edge;
+      prevCum = c;
+    }
+    return LATENESS_EDGES_US[LATENESS_EDGES_US.length - 1]!;
+  };
+  const at100 = cum[LATENESS_EDGES_US.indexOf(100)] ?? 0;
+  return { p50: q(0.5), p99: q(0.99), within100: Math.round((at100 / total) * 1e4) / 1e4 };
 }
 
 async function idle(ctx: Ctx, bitrate: number | null, label: string): Promise<IdleResult> {
@@ -279,6 +330,9 @@ export function reportTimed(res: Results, out: string[]): void {
     r.lateP50Us ?? '-',
     r.lateP99Us ?? '-',
     r.lateMaxUs ?? '-',
+    r.winP50Us ?? '-',
+    r.winP99Us ?? '-',
+    r.winWithin100 === null || r.winWithin100 === undefined ? '-' : `${fixed(100 * r.winWithin100, 1)}%`,
     r.behind ?? '-',
     pct(r.daemonCpuPercent),
     fixed(r.daemonUsPerBusFrame, 1),
@@ -296,6 +350,9 @@ export function reportTimed(res: Results, out: string[]): void {
     'late p50 us',
     'p99 us',
     'max us',
+    'win p50',
+    'win p99',
+    '<=100us',
     'late wakes',
     'daemon',
     'us/frame',
@@ -311,7 +368,8 @@ export function reportTimed(res: Results, out: string[]): void {
         'busy = busy time / bus time (saturation); bus/clock = bus time / the daemon clock (keeping real time; the',
         'lateness at the two stats dumps moves it by (late1 - late0) / window); deliv/exact = their product =',
         'delivered rate / exact rate (goal within 1 %). Worst bus shown.',
-        'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k).',
+        'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k);',
+        'win = the same over the measured window only (after warm-up); <=100us = share of its frames at most 100 us late.',
         'rt: the daemon under SCHED_FIFO (chrt -f 10), so it does not wait for a core the load processes hold.',
       ],
     ),

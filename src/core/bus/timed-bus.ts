@@ -159,6 +159,11 @@ export function arbitrationKey(id: number, extended: boolean, rtr: boolean, fd: 
   return base * 2 ** 22 + 2 ** 21 + 2 ** 20 + ext * 4 + rtrBit * 2 + fdf;
 }
 
+/** The upper edges (us) of `LatenessHistogram.cumulative()` and `TimedBusStats.lateBuckets`. */
+export const LATENESS_EDGES_US: readonly number[] = Object.freeze([
+  10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10_000,
+]);
+
 /** Delivery lateness, 1 us buckets up to 10 ms, and the largest seen. */
 export class LatenessHistogram {
   static readonly BUCKETS = 10_000;
@@ -183,6 +188,23 @@ export class LatenessHistogram {
       if (seen >= want) return i < LatenessHistogram.BUCKETS ? i + 1 : Math.ceil(this.maxNs / 1000);
     }
     return Math.ceil(this.maxNs / 1000);
+  }
+
+  /**
+   * Frames at most `le` microseconds late, for each edge of LATENESS_EDGES_US (cumulative, as a
+   * Prometheus histogram counts): over a window, the difference of two readings.
+   */
+  cumulative(): number[] {
+    const out: number[] = [];
+    let seen = 0;
+    let i = 0;
+    for (const le of LATENESS_EDGES_US) {
+      // Bucket i counts lateness in [i, i + 1) us: at most `le` us is buckets 0 .. le - 1 (plus
+      // exactly `le`, which falls in bucket `le`: close enough at 1 us resolution).
+      for (; i < le && i < LatenessHistogram.BUCKETS; i++) seen += this.#counts[i]!;
+      out.push(seen);
+    }
+    return out;
   }
 
   reset(): void {
@@ -213,6 +235,9 @@ export interface TimedBusStats {
   readonly lateP50Us: number;
   readonly lateP99Us: number;
   readonly lateMaxUs: number;
+  /** Frames delivered, and how many of them at most LATENESS_EDGES_US[i] late (cumulative). */
+  readonly lateCount: number;
+  readonly lateBuckets: readonly number[];
   /** Frames delivered more than BEHIND_NS after their ideal end. */
   readonly lateFrames: number;
   /** Wake-ups that found the schedule more than BEHIND_NS behind. */
@@ -461,6 +486,8 @@ export class TimedBus {
       lateP50Us: h.quantileUs(0.5),
       lateP99Us: h.quantileUs(0.99),
       lateMaxUs: Math.ceil(h.maxNs / 1000),
+      lateCount: h.count,
+      lateBuckets: h.cumulative(),
       lateFrames: this.#lateFrames,
       behind: this.#behind,
       wakeups: this.#wakeups,

@@ -22,7 +22,7 @@
  */
 import type { CanErrorFrame } from '../bus/can-error.js';
 import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../bus/can-frame.js';
-import { ChunkWriter, InputBuffer } from './bytes.js';
+import { ChunkWriter, InputBuffer, wordOf } from './bytes.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -193,6 +193,35 @@ export class BlfEncoder implements CaptureEncoder {
   #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
     const tx = (tag as BlfTag).tx;
     const id = (f.extended ? (f.id | EXT_ID) >>> 0 : f.id) >>> 0;
+    if (!f.fd && this.#out.u32 !== null && (this.#out.pos & 3) === 0) {
+      // CAN_MESSAGE2 as 14 aligned little-endian words: the same bytes as below, half the stores.
+      if (!(channel >= 0 && channel < this.channels.length)) {
+        throw new RangeError(`channel ${channel} was not declared (addChannel)`);
+      }
+      const size = OBJ_V1 + 24;
+      const out = this.#out;
+      const at = out.reserve(size);
+      const u = out.u32!;
+      const w = at >>> 2;
+      u[w] = SIG_LOBJ;
+      u[w + 1] = OBJ_V1 | (1 << 16); // header size, header version
+      u[w + 2] = size;
+      u[w + 3] = CAN_MESSAGE2;
+      u[w + 4] = TIME_ONE_NANS;
+      u[w + 5] = 0; // client index, object version
+      u[w + 6] = this.#tsLow;
+      u[w + 7] = this.#tsHigh;
+      const flags = (tx ? MSG_DIR_TX : 0) | (f.rtr ? MSG_RTR : 0);
+      const dlc = f.len8Dlc !== 0 ? f.len8Dlc : f.len;
+      u[w + 8] = ((channel + 1) | (flags << 16) | (dlc << 24)) >>> 0;
+      u[w + 9] = id;
+      u[w + 10] = wordOf(f.data, 0);
+      u[w + 11] = wordOf(f.data, 4);
+      u[w + 12] = 0; // frame length
+      u[w + 13] = 0; // bit count, reserved
+      out.commit(at + size, 1);
+      return;
+    }
     if (!f.fd) {
       const size = OBJ_V1 + 24;
       const at = this.#begin(channel, CAN_MESSAGE2, 24);

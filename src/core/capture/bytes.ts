@@ -5,10 +5,35 @@
  */
 import type { ChunkHandler, EncodedChunk } from './types.js';
 
+/** True on a little-endian host: the encoders may then store little-endian words as Uint32Array. */
+export const LITTLE_ENDIAN_HOST: boolean = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
+/** `v` (32 bits) with its bytes reversed: a big-endian word through a little-endian Uint32Array. */
+export function swap32(v: number): number {
+  return (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+}
+
+/**
+ * Up to 4 bytes of `d` from `from` as a little-endian word (missing bytes 0): what a Uint32Array
+ * store of it puts in memory on a little-endian host.
+ */
+export function wordOf(d: Uint8Array, from: number): number {
+  const n = d.length - from;
+  if (n >= 4) return (d[from]! | (d[from + 1]! << 8) | (d[from + 2]! << 16) | (d[from + 3]! << 24)) >>> 0;
+  let w = 0;
+  for (let i = 0; i < n; i++) w |= d[from + i]! << (8 * i);
+  return w >>> 0;
+}
+
 /** A growable buffer of encoder output: blocks are reserved, written in place, then committed. */
 export class ChunkWriter {
   buf: Uint8Array;
   dv: DataView;
+  /**
+   * The buffer as 32-bit words when stores through it are little-endian and aligned (a little-endian
+   * host and a buffer on a 4-byte boundary), else null: the encoders' fast path for whole words.
+   */
+  u32: Uint32Array | null = null;
   /** Write position (bytes committed so far). */
   pos = 0;
   records = 0;
@@ -31,6 +56,7 @@ export class ChunkWriter {
     this.startNs = startNs;
     this.buf = handler.allocate(size);
     this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    this.u32 = wordsOf(this.buf);
   }
 
   /**
@@ -76,12 +102,18 @@ export class ChunkWriter {
   private replace(n: number): void {
     this.buf = this.#handler.allocate(Math.max(n, this.size));
     this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    this.u32 = wordsOf(this.buf);
     this.pos = 0;
     this.records = 0;
     this.lastWall = null;
     this.lastAt = 0;
     this.channelsAtStart = this.channels;
   }
+}
+
+function wordsOf(b: Uint8Array): Uint32Array | null {
+  if (!LITTLE_ENDIAN_HOST || b.byteOffset % 4 !== 0) return null;
+  return new Uint32Array(b.buffer, b.byteOffset, b.byteLength >>> 2);
 }
 
 /** A ChunkHandler that collects chunks in memory (fresh buffers, never recycled). */

@@ -17,7 +17,7 @@
  */
 import { CanErr, type CanErrorFrame } from '../bus/can-error.js';
 import { type CanFrame, CanFrameError, makeCanFrame } from '../bus/index.js';
-import { ascii, ChunkWriter, concatBytes, InputBuffer, latin1 } from './bytes.js';
+import { ascii, ChunkWriter, concatBytes, InputBuffer, latin1, swap32, wordOf } from './bytes.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -90,6 +90,8 @@ function asciiSafe(s: string): Uint8Array {
 interface PcapngTag extends CaptureTag {
   /** The EPB options of every record of this port (flags, comment, end), or empty. */
   readonly options: Uint8Array;
+  /** The same as little-endian words (their length is a multiple of 4). */
+  readonly words: Uint32Array;
 }
 
 export class PcapngEncoder implements CaptureEncoder {
@@ -156,7 +158,10 @@ export class PcapngEncoder implements CaptureEncoder {
     }
     if (port !== undefined) parts.push(option(OPT_COMMENT, asciiSafe(port)));
     if (parts.length > 0) parts.push(option(OPT_END, new Uint8Array(0)));
-    return { port, direction, options: concatBytes(parts) };
+    const options = concatBytes(parts);
+    const words = new Uint32Array(options.length / 4);
+    for (let i = 0; i < words.length; i++) words[i] = wordOf(options, 4 * i);
+    return { port, direction, options, words };
   }
 
   #stamp(wallNs: bigint): void {
@@ -227,6 +232,10 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+    if (!f.fd && this.#out.u32 !== null) {
+      this.#classicWords(channel, f, tag as PcapngTag);
+      return;
+    }
     const opts = (tag as PcapngTag).options;
     const caplen = f.fd ? FD_PACKET : CLASSIC_PACKET;
     const p = this.#begin(channel, caplen, opts);
@@ -245,6 +254,39 @@ export class PcapngEncoder implements CaptureEncoder {
     for (let i = 0; i < n; i++) b[p + 8 + i] = data[i]!;
     for (let i = p + 8 + n; i < p + caplen; i++) b[i] = 0;
     out.commit(p + caplen + opts.length + 4, 1);
+  }
+
+  /**
+   * `#frame` of a classic frame as 32-bit stores (the EPB is word-aligned: every pcapng block is a
+   * multiple of 4 bytes and chunks start on a word): the same bytes, about half the work.
+   */
+  #classicWords(channel: number, f: CanFrame, tag: PcapngTag): void {
+    this.#checkChannel(channel);
+    const words = tag.words;
+    const nw = words.length;
+    const total = EPB_FIXED + CLASSIC_PACKET + 4 * nw;
+    const out = this.#out;
+    const at = out.reserve(total);
+    const u = out.u32!;
+    const w = at >>> 2;
+    u[w] = BT_EPB;
+    u[w + 1] = total;
+    u[w + 2] = channel;
+    u[w + 3] = this.#tsHigh;
+    u[w + 4] = this.#tsLow;
+    u[w + 5] = CLASSIC_PACKET;
+    u[w + 6] = CLASSIC_PACKET;
+    let id = f.id;
+    if (f.extended) id |= CAN_EFF_FLAG;
+    if (f.rtr) id |= CAN_RTR_FLAG;
+    u[w + 7] = swap32(id >>> 0); // can_id is big-endian
+    u[w + 8] = f.len | (f.len8Dlc << 24); // len, flags 0, two reserved bytes... len8_dlc
+    const d = f.data;
+    u[w + 9] = wordOf(d, 0);
+    u[w + 10] = wordOf(d, 4);
+    for (let i = 0; i < nw; i++) u[w + 11 + i] = words[i]!;
+    u[w + 11 + nw] = total;
+    out.commit(at + total, 1);
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {

@@ -78,6 +78,8 @@ export class CapturePort {
     const base = enc.startNs - epoch;
     const channel = this.channel;
     const stats = this.stats;
+    let lastTs = -1n;
+    let at = 0;
     this.port = hub.attach(
       {
         onFramesAvailable: () => {}, // an observer: frames come to onFrame
@@ -87,7 +89,11 @@ export class CapturePort {
             this.#lastTag = this.#tags.get(f.origin) ?? this.#tagOf(f.origin, false);
           }
           const ts = f.timestampNs;
-          const at = Number(ts - base);
+          // Frames of one batch share a time stamp (the daemon's clock reads once per wake-up).
+          if (ts !== lastTs) {
+            lastTs = ts;
+            at = Number(ts - base);
+          }
           if (at < AT_NS_LIMIT && at > -AT_NS_LIMIT) enc.frameAt(channel, f, at, this.#lastTag!);
           else enc.frame(channel, f, epoch + ts, this.#lastTag!);
           stats.frames++;

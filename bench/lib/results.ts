@@ -103,6 +103,9 @@ export interface MemoryRow {
 /** One flood of phase cap: which captures ran, the flow, and the files' bytes per frame. */
 export interface CapResult {
   captures: string;
+  /** Where the files were written, and that file system's type (the disk's part of the cost). */
+  dir: string;
+  fsType: string;
   flow: FlowResult;
   /** File bytes per frame put on the bus, by format. */
   bytesPerFrame: Record<string, number>;

@@ -55,7 +55,20 @@ export interface TimedFlowResult {
   saturated: string;
 }
 
+/** A bare timerfd in an otherwise idle Node process: this machine's own wake-up latency. */
+export interface TimerProbeResult {
+  periodUs: number;
+  realtime: boolean;
+  wakes: number;
+  p50Us: number;
+  p99Us: number;
+  p999Us: number;
+  maxUs: number;
+}
+
 export interface TimedResults {
+  /** The platform's wake-up latency at the frame periods of 500 kbit/s and 125 kbit/s. */
+  probes?: TimerProbeResult[];
   rates: TimedFlowResult[];
   baseline: TimedFlowResult | null;
   idle: { timed: IdleResult; untimed: IdleResult } | null;
@@ -252,8 +265,53 @@ async function idle(ctx: Ctx, bitrate: number | null, label: string): Promise<Id
   }
 }
 
+/**
+ * Wakes `wakes` times, `periodUs` apart, from a timerfd armed at absolute deadlines (what the hub's
+ * timer does), in a child Node process that does nothing else; lateness of each callback.
+ */
+function probeTimer(ctx: Ctx, periodUs: number, wakes: number, rt: boolean): TimerProbeResult | null {
+  const script = `
+    const { native } = await import(${JSON.stringify(ctx.build.addonModule)});
+    const fd = native.timerfdCreate();
+    const period = ${periodUs * 1000}, n = ${wakes}, late = new Float64Array(n);
+    const now = () => Number(process.hrtime.bigint());
+    let i = 0, deadline = now() + period;
+    const w = new native.Watcher(fd, () => {
+      if (native.timerfdRead(fd) === null) return;
+      late[i++] = now() - deadline;
+      if (i === n) {
+        w.close();
+        native.close(fd);
+        late.sort();
+        const q = (p) => Math.round(late[Math.min(n - 1, Math.floor(p * n))] / 1000);
+        console.log(JSON.stringify({ p50Us: q(0.5), p99Us: q(0.99), p999Us: q(0.999), maxUs: Math.round(late[n - 1] / 1000) }));
+        return;
+      }
+      deadline += period;
+      native.timerfdArm(fd, deadline);
+    });
+    native.timerfdArm(fd, deadline);
+    w.start(native.READABLE);`;
+  const argv = [process.execPath, '--input-type=module', '-e', script];
+  try {
+    const out = execFileSync(rt ? 'chrt' : argv[0]!, rt ? ['-f', '10', ...argv] : argv.slice(1), {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const r = JSON.parse(out.trim().split('\n').pop()!) as Omit<
+      TimerProbeResult,
+      'periodUs' | 'realtime' | 'wakes'
+    >;
+    return { periodUs, realtime: rt, wakes, ...r };
+  } catch (err) {
+    log(`timed: timer probe (${periodUs} us${rt ? ', chrt -f 10' : ''}) failed: ${(err as Error).message}`);
+    return null;
+  }
+}
+
 export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
   const out: TimedResults = {
+    probes: [],
     rates: [],
     baseline: null,
     idle: null,
@@ -262,6 +320,14 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
     mostUnder1msAt1M: null,
   };
   res.timed = out;
+  for (const periodUs of [250, 1000]) {
+    for (const rt of [false, true]) {
+      log(`timed: bare timerfd wake-ups every ${periodUs} us${rt ? ' under chrt -f 10' : ''}`);
+      await ctx.quietGate(ctx.cfg.gateMs);
+      const r = probeTimer(ctx, periodUs, ctx.cfg.quick ? 2000 : 10_000, rt);
+      if (r !== null) out.probes!.push(r);
+    }
+  }
   log('timed: untimed baseline (one pair)');
   out.baseline = await measuredOrNull(ctx, 'timed baseline', () => timedFlow(ctx, null, 1, 'untimed'));
   for (const bitrate of [125_000, 500_000, 1_000_000]) {
@@ -374,6 +440,27 @@ export function reportTimed(res: Results, out: string[]): void {
       ],
     ),
   );
+  if (t.probes !== undefined && t.probes.length > 0) {
+    out.push(
+      table(
+        "8a. this machine's own wake-up latency: a bare timerfd armed at absolute deadlines in an idle Node process",
+        ['period', 'priority', 'wakes', 'p50 us', 'p99 us', 'p99.9 us', 'max us'],
+        t.probes.map((p) => [
+          `${p.periodUs} us`,
+          p.realtime ? 'chrt -f 10' : 'normal',
+          int(p.wakes),
+          p.p50Us,
+          p.p99Us,
+          p.p999Us,
+          p.maxUs,
+        ]),
+        [
+          'The floor under the timed bus: 250 us is about one classic frame at 500 kbit/s, 1000 us at 125 kbit/s.',
+          'In a VM an idle vCPU halts; waking it goes through the host, and the longer the gap the slower the wake-up.',
+        ],
+      ),
+    );
+  }
   if (t.idle !== null) {
     out.push(
       table(

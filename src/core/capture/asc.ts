@@ -30,6 +30,8 @@ import type {
   FileTotals,
 } from './types.js';
 
+/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
+const NO_WALL = -1n;
 const NS_PER_MS = 1_000_000n;
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
@@ -109,7 +111,9 @@ export class AscEncoder implements CaptureEncoder {
   readonly #stampBytes = new Uint8Array(32);
   #stampLen = 0;
   readonly #scratch = new Uint8Array(32);
-  #lastWall = -1n;
+  #lastWall = NO_WALL;
+  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
+  #lastAt = Number.NaN;
 
   constructor(opts: CaptureEncoderOptions) {
     this.chunkSize = opts.chunkSize ?? 256 * 1024;
@@ -140,6 +144,7 @@ export class AscEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#lastAt = Number.NaN;
     this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
@@ -151,9 +156,10 @@ export class AscEncoder implements CaptureEncoder {
 
   /** `#stamp` of `startNs + atNs`, in numbers. */
   #stampAt(atNs: number): void {
+    this.#lastAt = atNs;
     this.#out.lastWall = null;
     this.#out.lastAt = atNs;
-    this.#lastWall = -1n;
+    this.#lastWall = NO_WALL;
     const rel = atNs + this.#startFraction;
     const us = rel < 0 ? 0 : Math.floor(rel / 1000);
     const s = Math.floor(us / 1_000_000);
@@ -191,7 +197,7 @@ export class AscEncoder implements CaptureEncoder {
   }
 
   frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    this.#stampAt(atNs);
+    if (atNs !== this.#lastAt) this.#stampAt(atNs);
     this.#frame(channel, f, tag);
   }
 

@@ -34,6 +34,8 @@ import type {
 } from './types.js';
 
 export const BLF_HEADER_SIZE = 144;
+/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
+const NO_WALL = -1n;
 const OBJ_BASE = 16;
 const OBJ_V1 = 32;
 const LOG_CONTAINER = 10;
@@ -102,7 +104,9 @@ export class BlfEncoder implements CaptureEncoder {
   readonly #startNs: bigint;
   /** `startNs - #startNs` (under a millisecond). */
   readonly #startFraction: number;
-  #lastWall = -1n;
+  #lastWall = NO_WALL;
+  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
+  #lastAt = Number.NaN;
   #tsLow = 0;
   #tsHigh = 0;
 
@@ -126,6 +130,7 @@ export class BlfEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#lastAt = Number.NaN;
     this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
@@ -137,9 +142,10 @@ export class BlfEncoder implements CaptureEncoder {
 
   /** `#stamp` of `startNs + atNs`, in numbers. */
   #stampAt(atNs: number): void {
+    this.#lastAt = atNs;
     this.#out.lastWall = null;
     this.#out.lastAt = atNs;
-    this.#lastWall = -1n;
+    this.#lastWall = NO_WALL;
     let rel = atNs + this.#startFraction;
     if (rel < 0) rel = 0;
     const high = Math.floor(rel / 0x1_0000_0000);
@@ -186,7 +192,7 @@ export class BlfEncoder implements CaptureEncoder {
   }
 
   frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    this.#stampAt(atNs);
+    if (atNs !== this.#lastAt) this.#stampAt(atNs);
     this.#frame(channel, f, tag);
   }
 

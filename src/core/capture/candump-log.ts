@@ -28,6 +28,8 @@ interface LogTag extends CaptureTag {
   readonly suffix: Uint8Array;
 }
 
+/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
+const NO_WALL = -1n;
 const NS_PER_S = 1_000_000_000n;
 /** The longest line: prefix 20, interface (up to 64 here), frame 8+2+1+128+2, suffix 3. */
 const MAX_FIXED = 20 + 1 + 8 + 2 + 1 + 128 + 2 + 3;
@@ -42,7 +44,9 @@ export class CandumpLogEncoder implements CaptureEncoder {
   /** `(SSSSSSSSSS.uuuuuu) ` of the last timestamp. */
   readonly #prefix = new Uint8Array(24);
   #prefixLen = 0;
-  #lastWall = -1n;
+  #lastWall = NO_WALL;
+  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
+  #lastAt = Number.NaN;
   readonly startNs: bigint;
   /** `startNs` as whole seconds and the nanoseconds after them. */
   readonly #startS: number;
@@ -71,6 +75,7 @@ export class CandumpLogEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#lastAt = Number.NaN;
     this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
@@ -80,9 +85,10 @@ export class CandumpLogEncoder implements CaptureEncoder {
 
   /** `#stamp` of `startNs + atNs`, in numbers. */
   #stampAt(atNs: number): void {
+    this.#lastAt = atNs;
     this.#out.lastWall = null;
     this.#out.lastAt = atNs;
-    this.#lastWall = -1n;
+    this.#lastWall = NO_WALL;
     const ns = this.#startFraction + atNs;
     const carry = Math.floor(ns / 1e9);
     const s = this.#startS + carry;
@@ -133,7 +139,7 @@ export class CandumpLogEncoder implements CaptureEncoder {
   }
 
   frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    this.#stampAt(atNs);
+    if (atNs !== this.#lastAt) this.#stampAt(atNs);
     this.#frame(channel, f, tag);
   }
 

@@ -30,6 +30,8 @@ import type {
 
 export const LINKTYPE_CAN_SOCKETCAN = 227;
 
+/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
+const NO_WALL = -1n;
 const BT_SHB = 0x0a0d0d0a;
 const BT_IDB = 0x00000001;
 const BT_SPB = 0x00000003;
@@ -106,7 +108,9 @@ export class PcapngEncoder implements CaptureEncoder {
   /** `startNs` as two 32-bit halves (the EPB's timestamp layout). */
   readonly #startHigh: number;
   readonly #startLow: number;
-  #lastWall = -1n;
+  #lastWall = NO_WALL;
+  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
+  #lastAt = Number.NaN;
   #tsHigh = 0;
   #tsLow = 0;
 
@@ -165,6 +169,7 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   #stamp(wallNs: bigint): void {
+    this.#lastAt = Number.NaN;
     this.#out.lastWall = wallNs;
     if (wallNs === this.#lastWall) return;
     this.#lastWall = wallNs;
@@ -175,9 +180,10 @@ export class PcapngEncoder implements CaptureEncoder {
 
   /** `#stamp` of `startNs + atNs`, in numbers (exact: every sum stays below 2^53). */
   #stampAt(atNs: number): void {
+    this.#lastAt = atNs;
     this.#out.lastWall = null;
     this.#out.lastAt = atNs;
-    this.#lastWall = -1n;
+    this.#lastWall = NO_WALL;
     let low = this.#startLow + atNs;
     let high = this.#startHigh;
     if (low >= 0x1_0000_0000 || low < 0) {
@@ -227,7 +233,7 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    this.#stampAt(atNs);
+    if (atNs !== this.#lastAt) this.#stampAt(atNs);
     this.#frame(channel, f, tag);
   }
 

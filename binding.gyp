@@ -10,7 +10,8 @@
         "native/watcher.c",
         "native/can.c",
         "native/guard.c",
-        "native/timer.c"
+        "native/timer.c",
+        "native/sched.c"
       ],
       "defines": ["NAPI_VERSION=8"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],

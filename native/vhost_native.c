@@ -8,7 +8,7 @@
 NAPI_MODULE_INIT() {
   if (!vn_init_fd(env, exports) || !vn_init_mmap(env, exports) || !vn_init_watcher(env, exports) ||
       !vn_init_can(env, exports) || !vn_init_guard(env, exports) ||
-      !vn_init_timer(env, exports)) {
+      !vn_init_timer(env, exports) || !vn_init_sched(env, exports)) {
     vn_throw_napi(env, napi_generic_failure, "vhost_native module init");
     return NULL;
   }

@@ -1,7 +1,8 @@
 /*
  * vhost_native: a small Node-API addon exposing the Linux syscalls a vhost-user
  * back-end needs (fd passing, memfd/mmap, eventfd, readiness polling, AF_CAN
- * raw sockets with batched frame records).
+ * raw sockets with batched frame records, timerfd, the calling thread's
+ * scheduling class).
  *
  * Rules for everything in native/:
  *   - syscalls only, no policy: callers in TypeScript decide what a failure means;
@@ -109,6 +110,7 @@ bool vn_init_watcher(napi_env env, napi_value exports);
 bool vn_init_can(napi_env env, napi_value exports);
 bool vn_init_guard(napi_env env, napi_value exports);
 bool vn_init_timer(napi_env env, napi_value exports);
+bool vn_init_sched(napi_env env, napi_value exports);
 
 /* ---- guard.c: SIGBUS guard for mappings of files the peer may shrink --- */
 

@@ -6,11 +6,12 @@
 #   chromium      the web monitor's page tests (driven by playwright-core)
 #   iproute2      network namespaces and veth pairs for multi-host tests
 #   socat         console tests
+#   util-linux    prlimit, setpriv (--realtime refused without CAP_SYS_NICE); chrt
 # Idempotent: packages already present are not touched; nothing happens when all are there.
 # Needs root (it is what CI runs as) to install; otherwise it says what is missing and exits 0,
 # and the tests that need a missing package skip with the reason (CI=true makes them fail instead).
 set -euo pipefail
-PACKAGES=(python3-can tshark can-utils chromium iproute2 socat)
+PACKAGES=(python3-can tshark can-utils chromium iproute2 socat util-linux)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -207,6 +207,23 @@ export interface NativeAddon {
   /** Reads and resets the expiration count; `null` when the timer has not fired (EAGAIN). */
   timerfdRead(fd: number): number | null;
 
+  /**
+   * sched_setscheduler(0, SCHED_FIFO, priority): puts the CALLING thread (not the process: Linux
+   * applies it to the thread id 0 stands for) under the real-time FIFO class at `priority`
+   * (1..99, RangeError otherwise). With `resetOnFork`, SCHED_RESET_ON_FORK is set too: threads
+   * and processes this thread creates afterwards start under SCHED_OTHER instead of inheriting
+   * the class. Throws EPERM (syscall 'sched_setscheduler') without CAP_SYS_NICE when `priority`
+   * is above RLIMIT_RTPRIO (or the cgroup has no real-time budget), EINVAL when refused as invalid.
+   */
+  schedSetFifo(priority: number, resetOnFork: boolean): void;
+
+  /**
+   * The calling thread's scheduling class (sched_getscheduler(0), sched_getparam(0)): `policy`
+   * 'SCHED_OTHER', 'SCHED_FIFO', 'SCHED_RR', 'SCHED_BATCH', 'SCHED_IDLE', 'SCHED_DEADLINE' (or
+   * 'unknown'), its static `priority` (0 outside FIFO/RR) and whether SCHED_RESET_ON_FORK is set.
+   */
+  schedGet(): { policy: string; priority: number; resetOnFork: boolean };
+
   /** A full sequentially consistent fence: atomic_thread_fence(memory_order_seq_cst). */
   fence(): void;
 

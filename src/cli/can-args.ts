@@ -11,6 +11,7 @@ import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-re
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import { type BusSpec, busesOf, type CanDaemonOptions, type FaultRequest } from '../node/can/can-daemon.js';
 import { parseCidr, parseHostPort } from '../node/net/addresses.js';
+import { DEFAULT_REALTIME_PRIORITY, MAX_REALTIME_PRIORITY, MIN_REALTIME_PRIORITY } from '../node/realtime.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 import { parseTimingOptions, TIMING_HELP } from './timing-args.js';
@@ -38,6 +39,8 @@ export interface CanCliOptions extends CommonOptions {
   timing: Record<string, BusTiming>;
   /** --fault, in command-line order. */
   faults: FaultRequest[];
+  /** --realtime[=N]: the main thread's SCHED_FIFO priority once serving; null without it. */
+  realtime: number | null;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -89,11 +92,38 @@ function bytesOption(v: string | undefined, name: string, max: number, dflt: num
   return n;
 }
 
+/**
+ * `--realtime` takes an optional value, which parseArgs does not know: a bare `--realtime` (before
+ * a `--`) becomes `--realtime=DEFAULT`; the value is only ever given as `--realtime=N`.
+ */
+function expandRealtime(argv: readonly string[]): string[] | string {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (a !== '--realtime') {
+      out.push(a);
+      continue;
+    }
+    const next = argv[i + 1];
+    if (next !== undefined && /^[0-9]+$/.test(next)) {
+      return `--realtime takes its priority as --realtime=N (got "--realtime ${next}")`;
+    }
+    out.push(`--realtime=${DEFAULT_REALTIME_PRIORITY}`);
+  }
+  return out;
+}
+
 export function parseCanArgs(argv: readonly string[], registry: PortRegistry = builtinPorts): CanCliResult {
+  const expanded = expandRealtime(argv);
+  if (typeof expanded === 'string') return { kind: 'error', message: expanded };
   const kindOptions: Record<string, { type: 'string' | 'boolean' }> = {};
   for (const [name, o] of Object.entries(PORT_KIND_OPTIONS)) kindOptions[name] = { type: o.type };
   const common = parseDaemonArgs(
-    argv,
+    expanded,
     {
       ...kindOptions,
       ...HTTP_OPTIONS,
@@ -114,6 +144,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       bitrate: { type: 'string', multiple: true },
       ack: { type: 'string', multiple: true },
       fault: { type: 'string', multiple: true },
+      realtime: { type: 'string' },
     },
     MAX_SOCKET_COUNT,
   );
@@ -207,6 +238,12 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
   if (typeof socketcand === 'string') return { kind: 'error', message: socketcand };
   const http = parseHttpOptions(values);
   if (typeof http === 'string') return { kind: 'error', message: http };
+  const rtArg = values.realtime as string | undefined;
+  const realtime =
+    rtArg === undefined
+      ? null
+      : intOption(rtArg, 'realtime', MIN_REALTIME_PRIORITY, MAX_REALTIME_PRIORITY, DEFAULT_REALTIME_PRIORITY);
+  if (typeof realtime === 'string') return { kind: 'error', message: realtime };
   return {
     kind: 'run',
     options: {
@@ -222,6 +259,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       http,
       timing: timed.timing,
       faults: timed.faults,
+      realtime,
     },
   };
 }
@@ -352,7 +390,15 @@ OPTIONS
         kernel caps at net.core.rmem_max (raise it with sysctl). The kernel doubles the value for
         its bookkeeping and charges about 960 bytes per queued CAN frame: 16M holds about 35,000
         frames. The size granted is logged at start.
-${portKindsHelp()}${TIMING_HELP}    --socketcand-listen ADDR:PORT
+${portKindsHelp()}${TIMING_HELP}    --realtime[=N]
+        Once serving, put the daemon's main thread (event loop, guest I/O, timed-bus wake-ups)
+        under SCHED_FIFO at priority N (1..${MAX_REALTIME_PRIORITY}, default ${DEFAULT_REALTIME_PRIORITY}), as \`chrt -f -p N PID\` does: a timed
+        bus's wake-ups then preempt every normally scheduled task, so frames stay on time while
+        other processes keep the cores busy (docs/timed-bus.md). libuv's thread pool and the
+        other threads stay at normal priority. Needs root, CAP_SYS_NICE or \`ulimit -r N\`;
+        refused, the daemon exits with status 1. A flood on an untimed bus keeps a core busy at
+        real-time priority (warned at start).
+    --socketcand-listen ADDR:PORT
         Serves every bus over the socketcand protocol (TCP; ADDR an IPv4 address, [IPv6] or
         localhost; socketcand's port is 29536). Clients such as python-can's socketcand
         interface open a bus by its name (BUS NAMES above). Raw mode, broadcast manager mode

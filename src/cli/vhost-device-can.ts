@@ -5,6 +5,8 @@
  */
 import { busName, startCanDaemon } from '../node/can/can-daemon.js';
 import { startCanWeb } from '../node/http/can-web.js';
+import { native } from '../node/native/addon.js';
+import { enterRealtime } from '../node/realtime.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
 import { httpToken, serveHttp } from './http-args.js';
@@ -50,6 +52,23 @@ main<CanCliOptions>({
       () => can.stop(),
       (w) => startCanWeb(can, w),
     );
+    if (o.realtime !== null) {
+      // Last: once every socket is bound, so a refusal stops a complete daemon (files removed).
+      try {
+        enterRealtime(native, o.realtime, log);
+      } catch (err) {
+        http.stop();
+        throw err;
+      }
+      const untimed = [...can.buses.keys()].filter((b) => o.timing[b] === undefined);
+      if (untimed.length > 0) {
+        log.warn(
+          'realtime: a flood on an untimed bus keeps a core busy at real-time priority ' +
+            '(the kernel leaves other tasks only the share kernel.sched_rt_runtime_us grants, 5 % by default)',
+          { untimed: untimed.join(' ') },
+        );
+      }
+    }
     return { stats: () => formatStats(can), stop: http.stop, started: http.started };
   },
   describe: (o) => ({

@@ -151,3 +151,20 @@ test('--help describes each option once', () => {
   assert.deepEqual(twice, []);
   assert.ok(heads.length > 20, `${heads.length} option lines`);
 });
+
+test('--realtime[=N]: bare is priority 10, =1..=99 accepted, anything else an error naming it', () => {
+  assert.equal(run(['-s', '/tmp/x']).realtime, null);
+  assert.equal(run(['-s', '/tmp/x', '--realtime']).realtime, 10);
+  assert.equal(run(['--realtime', '-s', '/tmp/x']).realtime, 10, 'bare, before another option');
+  assert.equal(run(['-s', '/tmp/x', '--realtime=1']).realtime, 1);
+  assert.equal(run(['-s', '/tmp/x', '--realtime=99']).realtime, 99);
+  assert.equal(run(['-s', '/tmp/x', '--realtime=012']).realtime, 12);
+  assert.match(err(['-s', '/tmp/x', '--realtime=0']), /^--realtime must be between 1 and 99, got 0$/);
+  assert.match(err(['-s', '/tmp/x', '--realtime=100']), /^--realtime must be between 1 and 99, got 100$/);
+  assert.match(err(['-s', '/tmp/x', '--realtime=abc']), /^--realtime expects an integer, got "abc"$/);
+  assert.match(err(['-s', '/tmp/x', '--realtime=1.5']), /^--realtime expects an integer, got "1\.5"$/);
+  assert.match(err(['-s', '/tmp/x', '--realtime=-5']), /^--realtime expects an integer, got "-5"$/);
+  assert.match(err(['-s', '/tmp/x', '--realtime', '12']), /--realtime takes its priority as --realtime=N/);
+  // After "--" it is an argument, not an option.
+  assert.match(err(['-s', '/tmp/x', '--', '--realtime']), /unexpected argument "--realtime"/);
+});

@@ -1,0 +1,88 @@
+// enterRealtime (src/node/realtime.ts) with a stand-in for the addon's two scheduling calls: what it
+// asks the kernel for, the one log line, and the refusal's message (cause and fix).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { LogFields, Logger } from '../../src/core/util/log.js';
+import { enterRealtime, RealtimeError, realtimeRefusal } from '../../src/node/realtime.js';
+
+function recorder(): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const at =
+    (level: string) =>
+    (msg: string, f?: LogFields): void => {
+      lines.push(`${level} ${msg}${f === undefined ? '' : ` ${JSON.stringify(f)}`}`);
+    };
+  const log: Logger = {
+    error: at('error'),
+    warn: at('warn'),
+    info: at('info'),
+    debug: at('debug'),
+    debugEnabled: false,
+    child: () => log,
+  };
+  return { log, lines };
+}
+
+function sysErr(code: string, errno: number, text: string): Error {
+  return Object.assign(new Error(`sched_setscheduler: ${text}`), {
+    code,
+    errno,
+    syscall: 'sched_setscheduler',
+  });
+}
+
+test('asks for SCHED_FIFO with reset-on-fork and logs what the kernel reports afterwards', () => {
+  const calls: [number, boolean][] = [];
+  const { log, lines } = recorder();
+  const state = { policy: 'SCHED_OTHER', priority: 0, resetOnFork: false };
+  const stub = {
+    schedSetFifo(p: number, r: boolean) {
+      calls.push([p, r]);
+      Object.assign(state, { policy: 'SCHED_FIFO', priority: p, resetOnFork: r });
+    },
+    schedGet: () => ({ ...state }),
+  };
+  assert.deepEqual(enterRealtime(stub, 42, log), { policy: 'SCHED_FIFO', priority: 42 });
+  assert.deepEqual(calls, [[42, true]]);
+  assert.deepEqual(lines, ['info realtime: main thread SCHED_FIFO priority 42 {"resetOnFork":true}']);
+});
+
+test('a refusal becomes an ERR_REALTIME error with the cause and the fix; nothing is logged', () => {
+  const { log, lines } = recorder();
+  const cause = sysErr('EPERM', 1, 'Operation not permitted');
+  const stub = {
+    schedSetFifo() {
+      throw cause;
+    },
+    schedGet: () => assert.fail('not read after a refusal'),
+  };
+  const e = (() => {
+    try {
+      enterRealtime(stub, 12, log);
+    } catch (x) {
+      return x as RealtimeError;
+    }
+    return assert.fail('no error');
+  })();
+  assert.ok(e instanceof RealtimeError);
+  assert.equal(e.code, 'ERR_REALTIME');
+  assert.equal(e.cause, cause);
+  assert.match(
+    e.message,
+    /^--realtime=12: the kernel refused SCHED_FIFO priority 12 for the main thread \(sched_setscheduler: Operation not permitted\): it needs root or CAP_SYS_NICE/,
+  );
+  assert.match(e.message, /`ulimit -r 12`/);
+  assert.deepEqual(lines, []);
+});
+
+test('EINVAL and other errors name the reason too', () => {
+  assert.match(
+    realtimeRefusal(sysErr('EINVAL', 22, 'Invalid argument'), 99),
+    /^--realtime=99: .*\(sched_setscheduler: Invalid argument\): this kernel does not accept that policy or priority/,
+  );
+  assert.equal(
+    realtimeRefusal(sysErr('ESRCH', 3, 'No such process'), 5),
+    '--realtime=5: the kernel refused SCHED_FIFO priority 5 for the main thread (sched_setscheduler: No such process)',
+  );
+  assert.match(realtimeRefusal('odd', 5), /\(odd\)$/);
+});

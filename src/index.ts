@@ -66,5 +66,12 @@ export { type CanWeb, startCanWeb, type WebOptions } from './node/http/can-web.j
 export { type ConsoleWeb, startConsoleWeb } from './node/http/console-web.js';
 export type { FaultControl } from './node/http/fault-control.js';
 export { StructuredLogger } from './node/log.js';
+export {
+  DEFAULT_REALTIME_PRIORITY,
+  enterRealtime,
+  RealtimeError,
+  type RealtimeOptions,
+  type RealtimeState,
+} from './node/realtime.js';
 export { type RngDaemon, type RngDaemonOptions, startRngDaemon } from './node/rng/rng-daemon.js';
 export { VhostUserDaemon } from './node/vhost-user/daemon.js';

@@ -5,7 +5,6 @@
  */
 import { busName, startCanDaemon } from '../node/can/can-daemon.js';
 import { startCanWeb } from '../node/http/can-web.js';
-import { native } from '../node/native/addon.js';
 import { enterRealtime } from '../node/realtime.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
@@ -55,7 +54,7 @@ main<CanCliOptions>({
     if (o.realtime !== null) {
       // Last: once every socket is bound, so a refusal stops a complete daemon (files removed).
       try {
-        enterRealtime(native, o.realtime, log);
+        enterRealtime(o.realtime, { log });
       } catch (err) {
         http.stop();
         throw err;

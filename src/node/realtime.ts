@@ -8,12 +8,13 @@
  * V8's helper threads and anything created later stay under SCHED_OTHER (SCHED_RESET_ON_FORK is
  * set, so new threads and child processes do not inherit the class).
  *
- * The CLI calls `enterRealtime` once the daemon serves (sockets bound). A program that embeds the
- * daemon (`startCanDaemon`) owns its thread and decides itself: it can call the same function.
+ * The CLI calls `enterRealtime` once the daemon serves (sockets bound). `startCanDaemon` does not:
+ * a program that embeds the daemon owns its thread (which may run other work) and decides itself,
+ * by calling the same function (exported by the package).
  */
-import type { Logger } from '../core/util/log.js';
+import { type Logger, nullLogger } from '../core/util/log.js';
 import { CodedError } from './errors.js';
-import type { NativeAddon } from './native/addon.js';
+import { native as defaultNative, type NativeAddon } from './native/addon.js';
 
 /** The priority of a bare `--realtime` (what `chrt -f 10` gives). */
 export const DEFAULT_REALTIME_PRIORITY = 10;
@@ -28,15 +29,26 @@ export interface RealtimeState {
   priority: number;
 }
 
+export interface RealtimeOptions {
+  /** Where the one "realtime:" line goes (default: nowhere). */
+  log?: Logger;
+  /** The addon's two scheduling calls (default: the loaded addon; tests pass a stand-in). */
+  native?: Pick<NativeAddon, 'schedSetFifo' | 'schedGet'>;
+}
+
 /**
- * Puts the calling thread under SCHED_FIFO at `priority` and logs one line. Throws a RealtimeError
- * whose message names the cause and the fix when the kernel refuses (the thread is then unchanged).
+ * Puts the calling thread under SCHED_FIFO at `priority` (1..99) and logs one line. Throws a
+ * RealtimeError whose message names the cause and the fix when the kernel refuses (the thread is
+ * then unchanged), a RangeError for a priority outside 1..99.
  */
-export function enterRealtime(
-  native: Pick<NativeAddon, 'schedSetFifo' | 'schedGet'>,
-  priority: number,
-  log: Logger,
-): RealtimeState {
+export function enterRealtime(priority: number, opts: RealtimeOptions = {}): RealtimeState {
+  const native = opts.native ?? defaultNative;
+  const log = opts.log ?? nullLogger;
+  if (!Number.isInteger(priority) || priority < MIN_REALTIME_PRIORITY || priority > MAX_REALTIME_PRIORITY) {
+    throw new RangeError(
+      `realtime priority must be an integer ${MIN_REALTIME_PRIORITY}..${MAX_REALTIME_PRIORITY}, got ${priority}`,
+    );
+  }
   try {
     native.schedSetFifo(priority, true);
   } catch (err) {

@@ -42,7 +42,7 @@ test('asks for SCHED_FIFO with reset-on-fork and logs what the kernel reports af
     },
     schedGet: () => ({ ...state }),
   };
-  assert.deepEqual(enterRealtime(stub, 42, log), { policy: 'SCHED_FIFO', priority: 42 });
+  assert.deepEqual(enterRealtime(42, { native: stub, log }), { policy: 'SCHED_FIFO', priority: 42 });
   assert.deepEqual(calls, [[42, true]]);
   assert.deepEqual(lines, ['info realtime: main thread SCHED_FIFO priority 42 {"resetOnFork":true}']);
 });
@@ -58,7 +58,7 @@ test('a refusal becomes an ERR_REALTIME error with the cause and the fix; nothin
   };
   const e = (() => {
     try {
-      enterRealtime(stub, 12, log);
+      enterRealtime(12, { native: stub, log });
     } catch (x) {
       return x as RealtimeError;
     }
@@ -73,6 +73,16 @@ test('a refusal becomes an ERR_REALTIME error with the cause and the fix; nothin
   );
   assert.match(e.message, /`ulimit -r 12`/);
   assert.deepEqual(lines, []);
+});
+
+test('a priority outside 1..99 is a RangeError before the kernel is asked', () => {
+  const stub = {
+    schedSetFifo: () => assert.fail('not called'),
+    schedGet: () => assert.fail('not called'),
+  };
+  for (const p of [0, 100, 1.5, Number.NaN]) {
+    assert.throws(() => enterRealtime(p, { native: stub }), RangeError, String(p));
+  }
 });
 
 test('EINVAL and other errors name the reason too', () => {

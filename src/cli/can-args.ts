@@ -437,5 +437,5 @@ QEMU
 
 EXIT STATUS
     0 after SIGINT/SIGTERM (socket files removed), 2 for a bad command line, 1 when start-up fails
-    (path in use, directory missing or not writable, ...).
+    (path in use, directory missing or not writable, --realtime refused, ...).
 `;

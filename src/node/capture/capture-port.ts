@@ -23,6 +23,7 @@ import {
   captureFormatOf,
   type Direction,
 } from '../../core/capture/index.js';
+import { FrameStage } from '../../core/capture/stage.js';
 import { type LogFields, type Logger, nullLogger } from '../../core/util/log.js';
 import type { BusAttachment, PortContext, PortFactory } from '../bus/port-registry.js';
 import { CaptureFile, CaptureFileError } from './capture-file.js';
@@ -46,6 +47,49 @@ export interface CapturePortOptions {
   readonly direction?: ((portName: string) => Direction | undefined) | undefined;
 }
 
+/** Frames a capture file sets aside before it encodes them in one go (64 bytes of payload each). */
+const STAGE_FRAMES = 4096;
+
+/**
+ * The frames of a file's capture ports copied aside during the fan-out and encoded right after the
+ * bus delivered them (one setImmediate per batch), so guests get their frames and completions
+ * without waiting for the encoder; one stage per file keeps its buses' frames in bus order. A full
+ * stage is encoded at once.
+ */
+class FileStage {
+  readonly #stage = new FrameStage(STAGE_FRAMES);
+  readonly #file: CaptureFile;
+  #scheduled = false;
+  readonly #encode: (f: CanFrame, channel: number, atNs: number, tag: CaptureTag) => void;
+  /** Encodes what is staged (also what the setImmediate calls). */
+  readonly drain: () => void;
+
+  constructor(file: CaptureFile) {
+    this.#file = file;
+    const enc = file.encoder;
+    this.#encode = (f, channel, atNs, tag) => enc.frameAt(channel, f, atNs, tag);
+    this.drain = () => {
+      this.#scheduled = false;
+      if (this.#stage.size === 0) return;
+      this.#stage.drain(this.#encode);
+      this.#file.touch();
+    };
+  }
+
+  add(f: CanFrame, channel: number, atNs: number, tag: CaptureTag): void {
+    if (!this.#stage.push(f, channel, atNs, tag)) {
+      this.drain();
+      this.#stage.push(f, channel, atNs, tag);
+    }
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(this.drain);
+    }
+  }
+}
+
+const fileStages = new WeakMap<CaptureFile, FileStage>();
+
 /** The default epoch offset for a hub: wall clock now minus the hub's clock now. */
 export function epochOffsetOf(hub: CanHub): bigint {
   return BigInt(Date.now()) * 1_000_000n - hub.now();
@@ -64,6 +108,7 @@ export class CapturePort {
   readonly #errorTags = new Map<number, CaptureTag>();
   #lastOrigin = -1;
   #lastTag: CaptureTag | undefined;
+  readonly #stage: FileStage;
 
   constructor(file: CaptureFile, hub: CanHub, channelName: string, opts: CapturePortOptions = {}) {
     this.#file = file;
@@ -80,6 +125,13 @@ export class CapturePort {
     const stats = this.stats;
     let lastTs = -1n;
     let at = 0;
+    let stage = fileStages.get(file);
+    if (stage === undefined) {
+      stage = new FileStage(file);
+      fileStages.set(file, stage);
+    }
+    this.#stage = stage;
+    const staged = stage;
     this.port = hub.attach(
       {
         onFramesAvailable: () => {}, // an observer: frames come to onFrame
@@ -94,12 +146,17 @@ export class CapturePort {
             lastTs = ts;
             at = Number(ts - base);
           }
-          if (at < AT_NS_LIMIT && at > -AT_NS_LIMIT) enc.frameAt(channel, f, at, this.#lastTag!);
-          else enc.frame(channel, f, epoch + ts, this.#lastTag!);
           stats.frames++;
+          if (at < AT_NS_LIMIT && at > -AT_NS_LIMIT) {
+            staged.add(f, channel, at, this.#lastTag!);
+            return;
+          }
+          staged.drain(); // keeps the file's order
+          enc.frame(channel, f, epoch + ts, this.#lastTag!);
           file.touch();
         },
         onErrorFrame: (e: CanErrorFrame) => {
+          staged.drain(); // the frames before it go first
           const tag = this.#errorTags.get(e.origin) ?? this.#tagOf(e.origin, true);
           enc.errorFrame(this.channel, e, this.#epoch + e.timestampNs, tag);
           this.stats.errorFrames++;
@@ -125,7 +182,13 @@ export class CapturePort {
     return tag;
   }
 
+  /** Encodes the frames still set aside (the file then has every frame recorded so far). */
+  flush(): void {
+    this.#stage.drain();
+  }
+
   close(): void {
+    this.#stage.drain();
     this.port.detach();
   }
 }

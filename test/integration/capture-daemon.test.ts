@@ -363,3 +363,34 @@ test('tshark -i FIFO shows the bus live, as wireshark -k -i FIFO does', {
   await waitFor('three live lines', () => (out.split('\n').length > 3 ? true : undefined), 10_000);
   assert.equal(out, '256\ttap\n257\ttap\n258\ttap\n');
 });
+
+test('a BLF capture of many containers: the growing file is readable while recording, and python-can reads every frame', {
+  skip: missingTool('python-can'),
+}, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cap-blf-runs-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'bus.blf');
+  const { can } = startTestDaemon(t, { ports: [{ kind: 'capture', bus: 'default', value: file }] });
+  const tap = hostPort(t, can.hubFor(0), 'tap');
+  const a = attachment(can.attachments, 'bus.blf');
+  // Varied payloads (they compress less): about 60 containers of 128 KiB.
+  const N = 140_000;
+  for (let i = 0; i < N; i++) {
+    tap.transmit(makeCanFrame({ id: i & 0x7ff, data: [i & 0xff, (i >> 8) & 0xff, (i * 7) & 0xff, i % 251] }));
+    if ((i & 1023) === 1023) await new Promise((r) => setImmediate(r));
+  }
+  // Without closing: everything reaches the file within a second (flush timer plus a run's wait).
+  await waitFor('every frame in the file', () => (a.stats().recordsWritten === N ? true : undefined), 3000);
+  const { readCaptureFile } = await import('../../src/node/capture/files.js');
+  const live = readCaptureFile(file).filter((e) => e.kind === 'frame');
+  assert.equal(live.length, N, 'frames readable while the capture runs');
+  assert.ok(Number(a.stats().bytesWritten) > 0 && a.stats().writeErrors === 0);
+  a.close();
+  const py = pythonCanRead(file, 'blf');
+  assert.equal(py.length, N);
+  for (const k of [0, 1, 4095, 77_777, N - 1]) {
+    const m = py[k]!;
+    assert.equal(m.id, k & 0x7ff, `frame ${k}`);
+    assert.equal(m.data, Buffer.from([k & 0xff, (k >> 8) & 0xff, (k * 7) & 0xff, k % 251]).toString('hex'));
+  }
+});

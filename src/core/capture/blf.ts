@@ -23,6 +23,7 @@
 import type { CanErrorFrame } from '../bus/can-error.js';
 import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../bus/can-frame.js';
 import { ChunkWriter, InputBuffer, wordOf } from './bytes.js';
+import { type FrameStage, STAGED_EXTENDED, STAGED_FD, STAGED_RTR } from './stage.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -200,32 +201,9 @@ export class BlfEncoder implements CaptureEncoder {
     const tx = (tag as BlfTag).tx;
     const id = (f.extended ? (f.id | EXT_ID) >>> 0 : f.id) >>> 0;
     if (!f.fd && this.#out.u32 !== null && (this.#out.pos & 3) === 0) {
-      // CAN_MESSAGE2 as 14 aligned little-endian words: the same bytes as below, half the stores.
-      if (!(channel >= 0 && channel < this.channels.length)) {
-        throw new RangeError(`channel ${channel} was not declared (addChannel)`);
-      }
-      const size = OBJ_V1 + 24;
-      const out = this.#out;
-      const at = out.reserve(size);
-      const u = out.u32!;
-      const w = at >>> 2;
-      u[w] = SIG_LOBJ;
-      u[w + 1] = OBJ_V1 | (1 << 16); // header size, header version
-      u[w + 2] = size;
-      u[w + 3] = CAN_MESSAGE2;
-      u[w + 4] = TIME_ONE_NANS;
-      u[w + 5] = 0; // client index, object version
-      u[w + 6] = this.#tsLow;
-      u[w + 7] = this.#tsHigh;
       const flags = (tx ? MSG_DIR_TX : 0) | (f.rtr ? MSG_RTR : 0);
-      const dlc = f.len8Dlc !== 0 ? f.len8Dlc : f.len;
-      u[w + 8] = ((channel + 1) | (flags << 16) | (dlc << 24)) >>> 0;
-      u[w + 9] = id;
-      u[w + 10] = wordOf(f.data, 0);
-      u[w + 11] = wordOf(f.data, 4);
-      u[w + 12] = 0; // frame length
-      u[w + 13] = 0; // bit count, reserved
-      out.commit(at + size, 1);
+      const d = f.data;
+      this.#classicWords(channel, id, flags, f.len8Dlc !== 0 ? f.len8Dlc : f.len, wordOf(d, 0), wordOf(d, 4));
       return;
     }
     if (!f.fd) {
@@ -263,6 +241,67 @@ export class BlfEncoder implements CaptureEncoder {
     dv.setUint32(p + 36, 0, true); // crc
     b.set(f.data, p + 40);
     this.#end(at, size);
+  }
+
+  /**
+   * CAN_MESSAGE2 as 14 aligned little-endian words: the same bytes as `#frame`'s byte stores, half
+   * the stores. `word0`/`word1` are the payload's first 8 bytes as little-endian words, zero-padded.
+   */
+  #classicWords(channel: number, id: number, flags: number, dlc: number, word0: number, word1: number): void {
+    if (!(channel >= 0 && channel < this.channels.length)) {
+      throw new RangeError(`channel ${channel} was not declared (addChannel)`);
+    }
+    const size = OBJ_V1 + 24;
+    const out = this.#out;
+    const at = out.reserve(size);
+    const u = out.u32!;
+    const w = at >>> 2;
+    u[w] = SIG_LOBJ;
+    u[w + 1] = OBJ_V1 | (1 << 16); // header size, header version
+    u[w + 2] = size;
+    u[w + 3] = CAN_MESSAGE2;
+    u[w + 4] = TIME_ONE_NANS;
+    u[w + 5] = 0; // client index, object version
+    u[w + 6] = this.#tsLow;
+    u[w + 7] = this.#tsHigh;
+    u[w + 8] = ((channel + 1) | (flags << 16) | (dlc << 24)) >>> 0;
+    u[w + 9] = id;
+    u[w + 10] = word0;
+    u[w + 11] = word1;
+    u[w + 12] = 0; // frame length
+    u[w + 13] = 0; // bit count, reserved
+    out.commit(at + size, 1);
+  }
+
+  /**
+   * Encodes every frame of `stage` (the recorder's batch), reading classic frames' fields straight
+   * from its arrays; the stage is left as it was (the caller clears it).
+   */
+  encodeStaged(stage: FrameStage): void {
+    const n = stage.size;
+    const { id: ids, meta: metas, channel: channels, at: ats, tag: tags, word0, word1 } = stage;
+    const out = this.#out;
+    for (let i = 0; i < n; i++) {
+      const meta = metas[i]!;
+      const flags = meta >>> 24;
+      const atNs = ats[i]!;
+      const tag = tags[i]! as BlfTag;
+      if ((flags & STAGED_FD) !== 0 || out.u32 === null || (out.pos & 3) !== 0) {
+        this.frameAt(channels[i]!, stage.frame(i), atNs, tag);
+        continue;
+      }
+      if (atNs !== this.#lastAt) this.#stampAt(atNs);
+      const id = (flags & STAGED_EXTENDED) !== 0 ? (ids[i]! | EXT_ID) >>> 0 : ids[i]!;
+      const len8 = (meta >>> 8) & 0xff;
+      this.#classicWords(
+        channels[i]!,
+        id,
+        (tag.tx ? MSG_DIR_TX : 0) | ((flags & STAGED_RTR) !== 0 ? MSG_RTR : 0),
+        len8 !== 0 ? len8 : meta & 0xff,
+        word0[i]!,
+        word1[i]!,
+      );
+    }
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, _tag: CaptureTag): void {

@@ -18,6 +18,7 @@
 import { CanErr, type CanErrorFrame } from '../bus/can-error.js';
 import { type CanFrame, CanFrameError, makeCanFrame } from '../bus/index.js';
 import { ascii, ChunkWriter, concatBytes, InputBuffer, latin1, swap32, wordOf } from './bytes.js';
+import { type FrameStage, STAGED_EXTENDED, STAGED_FD, STAGED_RTR } from './stage.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -239,7 +240,11 @@ export class PcapngEncoder implements CaptureEncoder {
 
   #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
     if (!f.fd && this.#out.u32 !== null) {
-      this.#classicWords(channel, f, tag as PcapngTag);
+      let id = f.id;
+      if (f.extended) id |= CAN_EFF_FLAG;
+      if (f.rtr) id |= CAN_RTR_FLAG;
+      const d = f.data;
+      this.#classicWords(channel, id >>> 0, f.len, f.len8Dlc, wordOf(d, 0), wordOf(d, 4), tag as PcapngTag);
       return;
     }
     const opts = (tag as PcapngTag).options;
@@ -263,10 +268,19 @@ export class PcapngEncoder implements CaptureEncoder {
   }
 
   /**
-   * `#frame` of a classic frame as 32-bit stores (the EPB is word-aligned: every pcapng block is a
-   * multiple of 4 bytes and chunks start on a word): the same bytes, about half the work.
+   * A classic frame's EPB as 32-bit stores (the EPB is word-aligned: every pcapng block is a multiple
+   * of 4 bytes and chunks start on a word): the same bytes as `#frame`'s byte stores, about half the
+   * work. `word0`/`word1` are the payload's first 8 bytes as little-endian words, zero-padded.
    */
-  #classicWords(channel: number, f: CanFrame, tag: PcapngTag): void {
+  #classicWords(
+    channel: number,
+    id: number,
+    len: number,
+    len8Dlc: number,
+    word0: number,
+    word1: number,
+    tag: PcapngTag,
+  ): void {
     this.#checkChannel(channel);
     const words = tag.words;
     const nw = words.length;
@@ -282,17 +296,37 @@ export class PcapngEncoder implements CaptureEncoder {
     u[w + 4] = this.#tsLow;
     u[w + 5] = CLASSIC_PACKET;
     u[w + 6] = CLASSIC_PACKET;
-    let id = f.id;
-    if (f.extended) id |= CAN_EFF_FLAG;
-    if (f.rtr) id |= CAN_RTR_FLAG;
-    u[w + 7] = swap32(id >>> 0); // can_id is big-endian
-    u[w + 8] = f.len | (f.len8Dlc << 24); // len, flags 0, two reserved bytes... len8_dlc
-    const d = f.data;
-    u[w + 9] = wordOf(d, 0);
-    u[w + 10] = wordOf(d, 4);
+    u[w + 7] = swap32(id); // can_id is big-endian
+    u[w + 8] = len | (len8Dlc << 24); // len, flags 0, two reserved bytes... len8_dlc
+    u[w + 9] = word0;
+    u[w + 10] = word1;
     for (let i = 0; i < nw; i++) u[w + 11 + i] = words[i]!;
     u[w + 11 + nw] = total;
     out.commit(at + total, 1);
+  }
+
+  /**
+   * Encodes every frame of `stage` (the recorder's batch), reading classic frames' fields straight
+   * from its arrays; the stage is left as it was (the caller clears it).
+   */
+  encodeStaged(stage: FrameStage): void {
+    const n = stage.size;
+    const { id: ids, meta: metas, channel: channels, at: ats, tag: tags, word0, word1 } = stage;
+    for (let i = 0; i < n; i++) {
+      const meta = metas[i]!;
+      const flags = meta >>> 24;
+      const atNs = ats[i]!;
+      const tag = tags[i]! as PcapngTag;
+      if ((flags & STAGED_FD) !== 0 || this.#out.u32 === null) {
+        this.frameAt(channels[i]!, stage.frame(i), atNs, tag);
+        continue;
+      }
+      if (atNs !== this.#lastAt) this.#stampAt(atNs);
+      let id = ids[i]!;
+      if ((flags & STAGED_EXTENDED) !== 0) id |= CAN_EFF_FLAG;
+      if ((flags & STAGED_RTR) !== 0) id |= CAN_RTR_FLAG;
+      this.#classicWords(channels[i]!, id >>> 0, meta & 0xff, (meta >>> 8) & 0xff, word0[i]!, word1[i]!, tag);
+    }
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {

@@ -8,6 +8,7 @@
  */
 import type { CanErrorFrame } from '../bus/can-error.js';
 import type { CanFrame } from '../bus/can-frame.js';
+import type { FrameStage } from './stage.js';
 
 /** The capture file formats, named like their usual file extensions. */
 export type CaptureFormat = 'pcapng' | 'log' | 'asc' | 'blf';
@@ -128,6 +129,12 @@ export interface CaptureEncoder {
    * free of bigint arithmetic. Exact for |atNs| up to AT_NS_LIMIT (52 days); past it use `frame`.
    */
   frameAt(channel: number, frame: CanFrame, atNs: number, tag: CaptureTag): void;
+  /**
+   * Encodes the frames of a recorder's batch (`FrameStage`, slots 0 .. size - 1) as `frameAt` would,
+   * reading them from the stage's arrays. Optional: the recorder otherwise drains the stage into
+   * `frameAt`.
+   */
+  encodeStaged?(stage: FrameStage): void;
   errorFrame(channel: number, error: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void;
   /** Emits the partly filled chunk (if any). */
   flush(): void;

@@ -70,8 +70,17 @@ class FileStage {
     this.#encode = (f, channel, atNs, tag) => enc.frameAt(channel, f, atNs, tag);
     this.drain = () => {
       this.#scheduled = false;
-      if (this.#stage.size === 0) return;
-      this.#stage.drain(this.#encode);
+      const stage = this.#stage;
+      if (stage.size === 0) return;
+      if (enc.encodeStaged === undefined) {
+        stage.drain(this.#encode);
+      } else {
+        try {
+          enc.encodeStaged(stage);
+        } finally {
+          stage.clear();
+        }
+      }
       this.#file.touch();
     };
   }

@@ -30,7 +30,7 @@ export interface BusStatsLine {
     lateP50Us: number;
     lateP99Us: number;
     lateMaxUs: number;
-    /** Frames delivered, and how many at most LATE_EDGES_US[i] late (cumulative). */
+    /** Frames delivered, and how many less than LATENESS_EDGES_US[i] late (cumulative). */
     lateCount: number;
     lateBuckets: number[];
     behind: number;

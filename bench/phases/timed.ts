@@ -41,7 +41,7 @@ export interface TimedFlowResult {
   lateMaxUs: number | null;
   /**
    * The same over the measured window only (after warm-up: from the daemon's cumulative lateness
-   * buckets, interpolated within a bucket), and the share of the window's frames at most 100 us late.
+   * buckets, interpolated within a bucket), and the share of the window's frames less than 100 us late.
    */
   winP50Us: number | null;
   winP99Us: number | null;
@@ -420,7 +420,7 @@ export function reportTimed(res: Results, out: string[]): void {
     'max us',
     'win p50',
     'win p99',
-    '<=100us',
+    '<100us',
     'late wakes',
     'daemon',
     'us/frame',
@@ -437,7 +437,7 @@ export function reportTimed(res: Results, out: string[]): void {
         'lateness at the two stats dumps moves it by (late1 - late0) / window); deliv/exact = their product =',
         'delivered rate / exact rate (goal within 1 %). Worst bus shown.',
         'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k);',
-        'win = the same over the measured window only (after warm-up); <=100us = share of its frames at most 100 us late.',
+        'win = the same over the measured window only (after warm-up); <100us = share of its frames less than 100 us late.',
         `rt: the daemon with --realtime=${RT_PRIORITY} (main thread under SCHED_FIFO ${RT_PRIORITY}, as chrt -f -p ${RT_PRIORITY} gives), so it does not`,
         'wait for a core the load processes hold.',
       ],

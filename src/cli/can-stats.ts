@@ -49,7 +49,7 @@ export function formatStats(can: CanDaemon): LogFields[] {
             lateP50Us: b.timing.lateP50Us,
             lateP99Us: b.timing.lateP99Us,
             lateMaxUs: b.timing.lateMaxUs,
-            // Frames delivered, and how many at most 10, 20, ... 100, 150, 200, 300, 500 us, 1, 2, 5,
+            // Frames delivered, and how many under 10, 20, ... 100, 150, 200, 300, 500 us, 1, 2, 5,
             // 10 ms late (cumulative): a window's quantiles from two lines.
             lateCount: b.timing.lateCount,
             lateBuckets: b.timing.lateBuckets.join(' '),

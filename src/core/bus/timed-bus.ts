@@ -191,17 +191,16 @@ export class LatenessHistogram {
   }
 
   /**
-   * Frames at most `le` microseconds late, for each edge of LATENESS_EDGES_US (cumulative, as a
+   * Frames less than `edge` microseconds late, for each edge of LATENESS_EDGES_US (cumulative, as a
    * Prometheus histogram counts): over a window, the difference of two readings.
    */
   cumulative(): number[] {
     const out: number[] = [];
     let seen = 0;
     let i = 0;
-    for (const le of LATENESS_EDGES_US) {
-      // Bucket i counts lateness in [i, i + 1) us: at most `le` us is buckets 0 .. le - 1 (plus
-      // exactly `le`, which falls in bucket `le`: close enough at 1 us resolution).
-      for (; i < le && i < LatenessHistogram.BUCKETS; i++) seen += this.#counts[i]!;
+    for (const edge of LATENESS_EDGES_US) {
+      // Bucket i counts lateness in [i, i + 1) us: under `edge` us is buckets 0 .. edge - 1.
+      for (; i < edge && i < LatenessHistogram.BUCKETS; i++) seen += this.#counts[i]!;
       out.push(seen);
     }
     return out;
@@ -235,7 +234,7 @@ export interface TimedBusStats {
   readonly lateP50Us: number;
   readonly lateP99Us: number;
   readonly lateMaxUs: number;
-  /** Frames delivered, and how many of them at most LATENESS_EDGES_US[i] late (cumulative). */
+  /** Frames delivered, and how many of them less than LATENESS_EDGES_US[i] late (cumulative). */
   readonly lateCount: number;
   readonly lateBuckets: readonly number[];
   /** Frames delivered more than BEHIND_NS after their ideal end. */

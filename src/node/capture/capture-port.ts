@@ -1,12 +1,13 @@
 /**
  * Recording buses: a capture port is a hub observer (attached with `observes` and `errorFrames`)
- * that encodes each frame during its fan-out, into the encoder's chunk, and leaves the writing to its
- * CaptureFile. Several buses may record into one file (one channel / pcapng interface each).
+ * that copies each frame into its file's stage during the fan-out; the batch is encoded right after
+ * the bus delivered it (FileStage), and the CaptureFile writes it. Several buses may record into one
+ * file (one channel / pcapng interface each).
  *
  * Time: frames carry the bus clock (CLOCK_MONOTONIC ns); the file gets wall-clock time
  * `epochOffsetNs + frame.timestampNs`, the offset taken once when the daemon starts (so a wall-clock
- * step while running does not reorder the file). Per frame that is one bigint subtraction: the time
- * goes to the encoder as a number of ns after the file's start (`frameAt`).
+ * step while running does not reorder the file). The time goes to the encoder as a number of ns
+ * after the file's start (`frameAt`): one bigint subtraction per batch of frames sharing a time.
  *
  * Direction: frames a guest sent (ports named `guest<N>`) are marked outbound, all others (host
  * interfaces, links, replays, library ports) inbound; error frames inbound. pcapng also names the

@@ -365,9 +365,9 @@ static napi_value js_eventfd_create(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
-/* Reads (and resets) the 8-byte counter. Values above 2^53 lose precision in a
- * JS number; counters that large do not occur for kick/call fds. */
-static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+/* Reads (and resets) the 8-byte counter of an eventfd or timerfd. Values above 2^53 lose
+ * precision in a JS number; counters that large do not occur for kick/call fds or timers. */
+napi_value vn_js_read_counter(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int fd;
   if (!vn_get_fd(env, argv[0], "fd", &fd)) return NULL;
@@ -382,7 +382,7 @@ static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (n != (ssize_t)sizeof value) {
-    vn_throw_errno(env, EIO, "read"); /* not an eventfd (short read) */
+    vn_throw_errno(env, EIO, "read"); /* not an eventfd or timerfd (short read) */
     return NULL;
   }
   napi_value out = NULL;
@@ -449,7 +449,7 @@ bool vn_init_fd(napi_env env, napi_value exports) {
       {"sendMsg", NULL, js_send_msg, NULL, NULL, NULL, napi_enumerable, NULL},
       {"memfdCreate", NULL, js_memfd_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"eventfdCreate", NULL, js_eventfd_create, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"eventfdRead", NULL, js_eventfd_read, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"eventfdRead", NULL, vn_js_read_counter, NULL, NULL, NULL, napi_enumerable, NULL},
       {"eventfdWrite", NULL, js_eventfd_write, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fence", NULL, js_fence, NULL, NULL, NULL, napi_enumerable, NULL},
       {"canSupported", NULL, js_can_supported, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -10,7 +10,6 @@
 #include <math.h>
 #include <sys/timerfd.h>
 #include <time.h>
-#include <unistd.h>
 
 /* timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK). */
 static napi_value js_timerfd_create(napi_env env, napi_callback_info info) {
@@ -57,35 +56,11 @@ static napi_value js_timerfd_arm(napi_env env, napi_callback_info info) {
   return vn_undefined(env);
 }
 
-/* Reads the expiration count (resetting it); null when the timer has not fired (EAGAIN). */
-static napi_value js_timerfd_read(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
-  int fd;
-  if (!vn_get_fd(env, argv[0], "fd", &fd)) return NULL;
-  uint64_t value = 0;
-  ssize_t n;
-  do {
-    n = read(fd, &value, sizeof value);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return vn_null(env);
-    vn_throw_errno(env, errno, "read");
-    return NULL;
-  }
-  if (n != (ssize_t)sizeof value) {
-    vn_throw_errno(env, EIO, "read");
-    return NULL;
-  }
-  napi_value out = NULL;
-  VN_CALL(env, napi_create_double(env, (double)value, &out));
-  return out;
-}
-
 bool vn_init_timer(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"timerfdCreate", NULL, js_timerfd_create, NULL, NULL, NULL, napi_enumerable, NULL},
       {"timerfdArm", NULL, js_timerfd_arm, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"timerfdRead", NULL, js_timerfd_read, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"timerfdRead", NULL, vn_js_read_counter, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
 }

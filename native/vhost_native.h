@@ -102,6 +102,12 @@ napi_value vn_get_args(napi_env env, napi_callback_info info, size_t want, napi_
   if (vn_get_args(env, info, (n), argv) == NULL) return NULL
 napi_value vn_null(napi_env env);
 
+/*
+ * readCounter(fd): reads (and resets) the 8-byte counter of an eventfd or timerfd; null when it is
+ * zero (EAGAIN, non-blocking fds). Shared by eventfdRead and timerfdRead (fd.c).
+ */
+napi_value vn_js_read_counter(napi_env env, napi_callback_info info);
+
 /* ---- per-file initialisers: add their exports to `exports` ------------- */
 
 bool vn_init_fd(napi_env env, napi_value exports);

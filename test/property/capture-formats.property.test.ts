@@ -15,6 +15,7 @@ import {
   type CaptureEvent,
   type CaptureFormat,
   type CaptureRecord,
+  type ChunkHandler,
   createCaptureDecoder,
   createCaptureEncoder,
   type Direction,
@@ -280,11 +281,7 @@ describe('word stores (aligned buffers) and byte stores (unaligned ones) write t
       fc.assert(
         fc.property(arbRecords, (records) => {
           const write = (offset: number): Uint8Array => {
-            const chunks: Uint8Array[] = [];
-            const handler = {
-              allocate: (size: number) => new Uint8Array(size + offset).subarray(offset),
-              emit: (c: { bytes: Uint8Array }) => chunks.push(c.bytes.slice()),
-            };
+            const { chunks, handler } = offsetChunks(offset);
             const enc = createCaptureEncoder(format, { handler, startNs: START, chunkSize: 4096 });
             for (const name of CHANNELS) enc.addChannel(name);
             for (const r of records) {
@@ -314,11 +311,7 @@ describe("a recorder's staged batch encodes to the same bytes as frame by frame"
           (records, offset, cap) => {
             const frames = records.filter((r): r is CaptureRecord & { frame: CanFrame } => 'frame' in r);
             const write = (staged: boolean): Uint8Array => {
-              const chunks: Uint8Array[] = [];
-              const handler = {
-                allocate: (size: number) => new Uint8Array(size + offset).subarray(offset),
-                emit: (c: { bytes: Uint8Array }) => chunks.push(c.bytes.slice()),
-              };
+              const { chunks, handler } = offsetChunks(offset);
               const enc = createCaptureEncoder(format, { handler, startNs: START, chunkSize: 4096 });
               for (const name of CHANNELS) enc.addChannel(name);
               const stage = new FrameStage(cap);
@@ -351,6 +344,16 @@ describe("a recorder's staged batch encodes to the same bytes as frame by frame"
     });
   }
 });
+
+/** Chunks in buffers that start `offset` bytes into their memory (1: not on a word boundary). */
+function offsetChunks(offset: number): { chunks: Uint8Array[]; handler: ChunkHandler } {
+  const chunks: Uint8Array[] = [];
+  const handler: ChunkHandler = {
+    allocate: (size: number) => new Uint8Array(size + offset).subarray(offset),
+    emit: (c) => chunks.push(c.bytes.slice()),
+  };
+  return { chunks, handler };
+}
 
 function bigintBytes(v: bigint): Uint8Array {
   const b = new Uint8Array(8);

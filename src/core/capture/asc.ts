@@ -19,7 +19,8 @@
  */
 import { CanErr, type CanErrorFrame } from '../bus/can-error.js';
 import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../bus/can-frame.js';
-import { ascii, ChunkWriter, HEX_UPPER, InputBuffer, putAscii, putDec, putHex } from './bytes.js';
+import { ascii, HEX_UPPER, InputBuffer, putAscii, putDec, putHex } from './bytes.js';
+import { ChunkEncoder } from './encoder-base.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -30,8 +31,6 @@ import type {
   FileTotals,
 } from './types.js';
 
-/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
-const NO_WALL = -1n;
 const NS_PER_MS = 1_000_000n;
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
@@ -95,13 +94,10 @@ interface AscTag extends CaptureTag {
 const TX = ascii('Tx  ');
 const RX = ascii('Rx  ');
 
-export class AscEncoder implements CaptureEncoder {
+export class AscEncoder extends ChunkEncoder implements CaptureEncoder {
   readonly format = 'asc' as const;
   readonly channels: string[] = [];
   readonly headerHasTotals = false;
-  readonly chunkSize: number;
-  readonly #out: ChunkWriter;
-  readonly startNs: bigint;
   /** The file's time base: `startNs` down to the millisecond (the date line holds milliseconds). */
   readonly #startNs: bigint;
   /** `startNs - #startNs` (under a millisecond). */
@@ -111,14 +107,9 @@ export class AscEncoder implements CaptureEncoder {
   readonly #stampBytes = new Uint8Array(32);
   #stampLen = 0;
   readonly #scratch = new Uint8Array(32);
-  #lastWall = NO_WALL;
-  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
-  #lastAt = Number.NaN;
 
   constructor(opts: CaptureEncoderOptions) {
-    this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.startNs = opts.startNs;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
+    super(opts, 256 * 1024);
     this.#startMs = Number(opts.startNs / NS_PER_MS);
     this.#startNs = BigInt(this.#startMs) * NS_PER_MS;
     this.#startFraction = Number(opts.startNs - this.#startNs);
@@ -132,10 +123,10 @@ export class AscEncoder implements CaptureEncoder {
     this.channels.push(name);
     const c = this.channels.length - 1;
     const line = ascii(this.#comment(c));
-    const at = this.#out.reserve(line.length);
-    this.#out.buf.set(line, at);
-    this.#out.commit(at + line.length, 0);
-    this.#out.channels = this.channels.length;
+    const at = this.out.reserve(line.length);
+    this.out.buf.set(line, at);
+    this.out.commit(at + line.length, 0);
+    this.out.channels = this.channels.length;
     return c;
   }
 
@@ -143,23 +134,15 @@ export class AscEncoder implements CaptureEncoder {
     return { port, direction, dir: direction === 'outbound' ? TX : RX };
   }
 
-  #stamp(wallNs: bigint): void {
-    this.#lastAt = Number.NaN;
-    this.#out.lastWall = wallNs;
-    if (wallNs === this.#lastWall) return;
-    this.#lastWall = wallNs;
+  protected stampWall(wallNs: bigint): void {
     let rel = wallNs - this.#startNs;
     if (rel < 0n) rel = 0n;
     const us = rel / 1000n;
     this.#put(Number(us / 1_000_000n), Number(us % 1_000_000n));
   }
 
-  /** `#stamp` of `startNs + atNs`, in numbers. */
-  #stampAt(atNs: number): void {
-    this.#lastAt = atNs;
-    this.#out.lastWall = null;
-    this.#out.lastAt = atNs;
-    this.#lastWall = NO_WALL;
+  /** `stampWall` of `startNs + atNs`, in numbers. */
+  protected stampAt(atNs: number): void {
     const rel = atNs + this.#startFraction;
     const us = rel < 0 ? 0 : Math.floor(rel / 1000);
     const s = Math.floor(us / 1_000_000);
@@ -185,25 +168,15 @@ export class AscEncoder implements CaptureEncoder {
     if (!(channel >= 0 && channel < this.channels.length)) {
       throw new RangeError(`channel ${channel} was not declared (addChannel)`);
     }
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(this.#stampLen + max);
     out.buf.set(this.#stampBytes.subarray(0, this.#stampLen), at);
     return at + this.#stampLen;
   }
 
-  frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    this.#stamp(wallNs);
-    this.#frame(channel, f, tag);
-  }
-
-  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    if (atNs !== this.#lastAt) this.#stampAt(atNs);
-    this.#frame(channel, f, tag);
-  }
-
-  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+  protected encode(channel: number, f: CanFrame, tag: CaptureTag): void {
     let p = this.#begin(channel, 512);
-    const b = this.#out.buf;
+    const b = this.out.buf;
     const dir = (tag as AscTag).dir;
     if (!f.fd) {
       // `ch  ID              Rx   d 8 00 11 ...`
@@ -251,20 +224,16 @@ export class AscEncoder implements CaptureEncoder {
       p = putAscii(b, p, '        0        0        0        0        0');
     }
     b[p++] = 0x0a;
-    this.#out.commit(p, 1);
+    this.out.commit(p, 1);
   }
 
   errorFrame(channel: number, _e: CanErrorFrame, wallNs: bigint, _tag: CaptureTag): void {
-    this.#stamp(wallNs);
+    this.stamp(wallNs);
     let p = this.#begin(channel, 32);
-    const b = this.#out.buf;
+    const b = this.out.buf;
     p = putDec(b, p, channel + 1, 1);
     p = putAscii(b, p, '  ErrorFrame\n');
-    this.#out.commit(p, 1);
-  }
-
-  flush(): void {
-    this.#out.flush();
+    this.out.commit(p, 1);
   }
 
   fileHeader(channels: number, _totals: FileTotals): Uint8Array {

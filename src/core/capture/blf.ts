@@ -22,7 +22,8 @@
  */
 import type { CanErrorFrame } from '../bus/can-error.js';
 import { CAN_FD_LENGTHS, type CanFrame, makeCanFrame } from '../bus/can-frame.js';
-import { ChunkWriter, InputBuffer, wordOf } from './bytes.js';
+import { InputBuffer, wordOf } from './bytes.js';
+import { ChunkEncoder } from './encoder-base.js';
 import { type FrameStage, STAGED_EXTENDED, STAGED_FD, STAGED_RTR } from './stage.js';
 import type {
   CaptureDecoder,
@@ -35,8 +36,6 @@ import type {
 } from './types.js';
 
 export const BLF_HEADER_SIZE = 144;
-/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
-const NO_WALL = -1n;
 const OBJ_BASE = 16;
 const OBJ_V1 = 32;
 const LOG_CONTAINER = 10;
@@ -93,28 +92,20 @@ function readSystemTime(dv: DataView, off: number): number {
   return Number.isNaN(t) ? 0 : t;
 }
 
-export class BlfEncoder implements CaptureEncoder {
+export class BlfEncoder extends ChunkEncoder implements CaptureEncoder {
   readonly format = 'blf' as const;
   readonly channels: string[] = [];
   readonly headerHasTotals = true;
-  readonly chunkSize: number;
-  readonly #out: ChunkWriter;
-  readonly startNs: bigint;
   readonly #startMs: number;
   /** The file's time base: `startNs` down to the millisecond (the header holds milliseconds). */
   readonly #startNs: bigint;
   /** `startNs - #startNs` (under a millisecond). */
   readonly #startFraction: number;
-  #lastWall = NO_WALL;
-  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
-  #lastAt = Number.NaN;
   #tsLow = 0;
   #tsHigh = 0;
 
   constructor(opts: CaptureEncoderOptions) {
-    this.chunkSize = opts.chunkSize ?? BLF_CONTAINER_SIZE;
-    this.startNs = opts.startNs;
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
+    super(opts, BLF_CONTAINER_SIZE);
     this.#startMs = Number(opts.startNs / NS_PER_MS);
     this.#startNs = BigInt(this.#startMs) * NS_PER_MS;
     this.#startFraction = Number(opts.startNs - this.#startNs);
@@ -122,7 +113,7 @@ export class BlfEncoder implements CaptureEncoder {
 
   addChannel(name: string): number {
     this.channels.push(name);
-    this.#out.channels = this.channels.length;
+    this.out.channels = this.channels.length;
     return this.channels.length - 1;
   }
 
@@ -130,23 +121,15 @@ export class BlfEncoder implements CaptureEncoder {
     return { port, direction, tx: direction === 'outbound' };
   }
 
-  #stamp(wallNs: bigint): void {
-    this.#lastAt = Number.NaN;
-    this.#out.lastWall = wallNs;
-    if (wallNs === this.#lastWall) return;
-    this.#lastWall = wallNs;
+  protected stampWall(wallNs: bigint): void {
     let rel = wallNs - this.#startNs;
     if (rel < 0n) rel = 0n;
     this.#tsLow = Number(rel & 0xffffffffn);
     this.#tsHigh = Number(rel >> 32n);
   }
 
-  /** `#stamp` of `startNs + atNs`, in numbers. */
-  #stampAt(atNs: number): void {
-    this.#lastAt = atNs;
-    this.#out.lastWall = null;
-    this.#out.lastAt = atNs;
-    this.#lastWall = NO_WALL;
+  /** `stampWall` of `startNs + atNs`, in numbers. */
+  protected stampAt(atNs: number): void {
     let rel = atNs + this.#startFraction;
     if (rel < 0) rel = 0;
     const high = Math.floor(rel / 0x1_0000_0000);
@@ -163,7 +146,7 @@ export class BlfEncoder implements CaptureEncoder {
       throw new RangeError(`channel ${channel} was not declared (addChannel)`);
     }
     const size = OBJ_V1 + body;
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(size + (size % 4));
     const dv = out.dv;
     dv.setUint32(at, SIG_LOBJ, true);
@@ -182,25 +165,15 @@ export class BlfEncoder implements CaptureEncoder {
   /** Ends the object of `size` bytes at `at` (padded to 4 bytes). */
   #end(at: number, size: number): void {
     const pad = size % 4;
-    const b = this.#out.buf;
+    const b = this.out.buf;
     for (let i = at + size; i < at + size + pad; i++) b[i] = 0;
-    this.#out.commit(at + size + pad, 1);
+    this.out.commit(at + size + pad, 1);
   }
 
-  frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    this.#stamp(wallNs);
-    this.#frame(channel, f, tag);
-  }
-
-  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    if (atNs !== this.#lastAt) this.#stampAt(atNs);
-    this.#frame(channel, f, tag);
-  }
-
-  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+  protected encode(channel: number, f: CanFrame, tag: CaptureTag): void {
     const tx = (tag as BlfTag).tx;
     const id = (f.extended ? (f.id | EXT_ID) >>> 0 : f.id) >>> 0;
-    if (!f.fd && this.#out.u32 !== null && (this.#out.pos & 3) === 0) {
+    if (!f.fd && this.out.u32 !== null && (this.out.pos & 3) === 0) {
       const flags = (tx ? MSG_DIR_TX : 0) | (f.rtr ? MSG_RTR : 0);
       const d = f.data;
       this.#classicWords(channel, id, flags, f.len8Dlc !== 0 ? f.len8Dlc : f.len, wordOf(d, 0), wordOf(d, 4));
@@ -209,8 +182,8 @@ export class BlfEncoder implements CaptureEncoder {
     if (!f.fd) {
       const size = OBJ_V1 + 24;
       const at = this.#begin(channel, CAN_MESSAGE2, 24);
-      const b = this.#out.buf;
-      const dv = this.#out.dv;
+      const b = this.out.buf;
+      const dv = this.out.dv;
       const p = at + OBJ_V1;
       dv.setUint16(p, channel + 1, true);
       b[p + 2] = (tx ? MSG_DIR_TX : 0) | (f.rtr ? MSG_RTR : 0);
@@ -225,8 +198,8 @@ export class BlfEncoder implements CaptureEncoder {
     const n = f.len;
     const size = OBJ_V1 + 40 + n;
     const at = this.#begin(channel, CAN_FD_MESSAGE_64, 40 + n);
-    const b = this.#out.buf;
-    const dv = this.#out.dv;
+    const b = this.out.buf;
+    const dv = this.out.dv;
     const p = at + OBJ_V1;
     b[p] = channel + 1;
     b[p + 1] = CAN_FD_LENGTHS.indexOf(n as (typeof CAN_FD_LENGTHS)[number]);
@@ -252,7 +225,7 @@ export class BlfEncoder implements CaptureEncoder {
       throw new RangeError(`channel ${channel} was not declared (addChannel)`);
     }
     const size = OBJ_V1 + 24;
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(size);
     const u = out.u32!;
     const w = at >>> 2;
@@ -280,7 +253,7 @@ export class BlfEncoder implements CaptureEncoder {
   encodeStaged(stage: FrameStage): void {
     const n = stage.size;
     const { id: ids, meta: metas, channel: channels, at: ats, tag: tags, word0, word1 } = stage;
-    const out = this.#out;
+    const out = this.out;
     for (let i = 0; i < n; i++) {
       const meta = metas[i]!;
       const flags = meta >>> 24;
@@ -290,7 +263,7 @@ export class BlfEncoder implements CaptureEncoder {
         this.frameAt(channels[i]!, stage.frame(i), atNs, tag);
         continue;
       }
-      if (atNs !== this.#lastAt) this.#stampAt(atNs);
+      if (this.out.at(atNs)) this.stampAt(atNs);
       const id = (flags & STAGED_EXTENDED) !== 0 ? (ids[i]! | EXT_ID) >>> 0 : ids[i]!;
       const len8 = (meta >>> 8) & 0xff;
       this.#classicWords(
@@ -305,11 +278,11 @@ export class BlfEncoder implements CaptureEncoder {
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, _tag: CaptureTag): void {
-    this.#stamp(wallNs);
+    this.stamp(wallNs);
     const size = OBJ_V1 + 32;
     const at = this.#begin(channel, CAN_ERROR_EXT, 32);
-    const b = this.#out.buf;
-    const dv = this.#out.dv;
+    const b = this.out.buf;
+    const dv = this.out.dv;
     const p = at + OBJ_V1;
     b.fill(0, p, p + 32);
     dv.setUint16(p, channel + 1, true);
@@ -317,10 +290,6 @@ export class BlfEncoder implements CaptureEncoder {
     dv.setUint32(p + 16, e.classBits >>> 0, true);
     for (let i = 0; i < 8; i++) b[p + 24 + i] = e.data[i] ?? 0;
     this.#end(at, size);
-  }
-
-  flush(): void {
-    this.#out.flush();
   }
 
   fileHeader(_channels: number, totals: FileTotals): Uint8Array {

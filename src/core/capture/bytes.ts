@@ -38,11 +38,12 @@ export class ChunkWriter {
   pos = 0;
   records = 0;
   /**
-   * Time of the last record: `lastWall` when it was given as a bigint, else `lastAt` ns after
-   * `startNs` (the encoders' fast path keeps bigint arithmetic out of every record).
+   * Time of the records being written: `lastWall` when it was given as a bigint, else `lastAt` ns
+   * after `startNs` (the encoders' fast path keeps bigint arithmetic out of every record). Set
+   * through `wall()` / `at()`, which also tell the encoder whether its time fields need recomputing.
    */
   lastWall: bigint | null = null;
-  lastAt = 0;
+  lastAt = Number.NaN;
   channelsAtStart = 0;
   readonly size: number;
   readonly startNs: bigint;
@@ -70,9 +71,25 @@ export class ChunkWriter {
     return 0;
   }
 
+  /** The next records are at wall-clock `wallNs`; true when that differs from the time before. */
+  wall(wallNs: bigint): boolean {
+    if (this.lastWall === wallNs) return false;
+    this.lastWall = wallNs;
+    this.lastAt = Number.NaN;
+    return true;
+  }
+
+  /** The next records are `atNs` after `startNs`; true when that differs from the time before. */
+  at(atNs: number): boolean {
+    if (this.lastAt === atNs) return false;
+    this.lastAt = atNs;
+    this.lastWall = null;
+    return true;
+  }
+
   /**
    * Ends the block that began at the last `reserve`: `end` is the offset after its last byte. A
-   * block holding a record (`records` > 0) sets `lastWall` or `lastAt` before.
+   * block holding a record (`records` > 0) is stamped (`wall` or `at`) before.
    */
   commit(end: number, records: number): void {
     this.pos = end;
@@ -82,7 +99,8 @@ export class ChunkWriter {
   /** Wall-clock time of the chunk's last record (0n when it has none). */
   get lastNs(): bigint {
     if (this.records === 0) return 0n;
-    return this.lastWall ?? this.startNs + BigInt(this.lastAt);
+    if (this.lastWall !== null) return this.lastWall;
+    return Number.isFinite(this.lastAt) ? this.startNs + BigInt(this.lastAt) : 0n;
   }
 
   /** Hands the filled part (if any) to the handler and continues in a fresh buffer. */
@@ -105,8 +123,6 @@ export class ChunkWriter {
     this.u32 = wordsOf(this.buf);
     this.pos = 0;
     this.records = 0;
-    this.lastWall = null;
-    this.lastAt = 0;
     this.channelsAtStart = this.channels;
   }
 }

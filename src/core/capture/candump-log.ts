@@ -13,7 +13,8 @@
  */
 import { CanErr, type CanErrorFrame } from '../bus/can-error.js';
 import { type CanFrame, parseCandumpLine } from '../bus/can-frame.js';
-import { ascii, ChunkWriter, HEX_UPPER, hexValue, InputBuffer, putDec, putHex } from './bytes.js';
+import { ascii, HEX_UPPER, hexValue, InputBuffer, putDec, putHex } from './bytes.js';
+import { ChunkEncoder } from './encoder-base.js';
 import type {
   CaptureDecoder,
   CaptureEncoder,
@@ -28,36 +29,26 @@ interface LogTag extends CaptureTag {
   readonly suffix: Uint8Array;
 }
 
-/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
-const NO_WALL = -1n;
 const NS_PER_S = 1_000_000_000n;
 /** The longest line: prefix 20, interface (up to 64 here), frame 8+2+1+128+2, suffix 3. */
 const MAX_FIXED = 20 + 1 + 8 + 2 + 1 + 128 + 2 + 3;
 
-export class CandumpLogEncoder implements CaptureEncoder {
+export class CandumpLogEncoder extends ChunkEncoder implements CaptureEncoder {
   readonly format = 'log' as const;
   readonly channels: string[] = [];
   readonly headerHasTotals = false;
-  readonly chunkSize: number;
-  readonly #out: ChunkWriter;
   readonly #names: Uint8Array[] = [];
   /** `(SSSSSSSSSS.uuuuuu) ` of the last timestamp. */
   readonly #prefix = new Uint8Array(24);
   #prefixLen = 0;
-  #lastWall = NO_WALL;
-  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
-  #lastAt = Number.NaN;
-  readonly startNs: bigint;
   /** `startNs` as whole seconds and the nanoseconds after them. */
   readonly #startS: number;
   readonly #startFraction: number;
 
   constructor(opts: CaptureEncoderOptions) {
-    this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.startNs = opts.startNs;
+    super(opts, 256 * 1024);
     this.#startS = Number(opts.startNs / NS_PER_S);
     this.#startFraction = Number(opts.startNs % NS_PER_S);
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
   }
 
   addChannel(name: string): number {
@@ -65,7 +56,7 @@ export class CandumpLogEncoder implements CaptureEncoder {
     const safe = name.replace(/[^\x21-\x7e]/g, '_') || 'can';
     this.channels.push(name);
     this.#names.push(ascii(safe));
-    this.#out.channels = this.channels.length;
+    this.out.channels = this.channels.length;
     return this.channels.length - 1;
   }
 
@@ -74,21 +65,13 @@ export class CandumpLogEncoder implements CaptureEncoder {
     return { port, direction, suffix: ascii(suffix) };
   }
 
-  #stamp(wallNs: bigint): void {
-    this.#lastAt = Number.NaN;
-    this.#out.lastWall = wallNs;
-    if (wallNs === this.#lastWall) return;
-    this.#lastWall = wallNs;
+  protected stampWall(wallNs: bigint): void {
     const w = wallNs < 0n ? 0n : wallNs;
     this.#put(Number(w / NS_PER_S), Math.floor(Number(w % NS_PER_S) / 1000));
   }
 
-  /** `#stamp` of `startNs + atNs`, in numbers. */
-  #stampAt(atNs: number): void {
-    this.#lastAt = atNs;
-    this.#out.lastWall = null;
-    this.#out.lastAt = atNs;
-    this.#lastWall = NO_WALL;
+  /** `stampWall` of `startNs + atNs`, in numbers. */
+  protected stampAt(atNs: number): void {
     const ns = this.#startFraction + atNs;
     const carry = Math.floor(ns / 1e9);
     const s = this.#startS + carry;
@@ -113,7 +96,7 @@ export class CandumpLogEncoder implements CaptureEncoder {
   #begin(channel: number, max: number): number {
     const name = this.#names[channel];
     if (name === undefined) throw new RangeError(`channel ${channel} was not declared (addChannel)`);
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(MAX_FIXED + name.length + max);
     const b = out.buf;
     b.set(this.#prefix.subarray(0, this.#prefixLen), at);
@@ -125,27 +108,17 @@ export class CandumpLogEncoder implements CaptureEncoder {
   }
 
   #end(p: number, tag: CaptureTag): void {
-    const b = this.#out.buf;
+    const b = this.out.buf;
     const suffix = (tag as LogTag).suffix;
     b.set(suffix, p);
     p += suffix.length;
     b[p++] = 0x0a;
-    this.#out.commit(p, 1);
+    this.out.commit(p, 1);
   }
 
-  frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    this.#stamp(wallNs);
-    this.#frame(channel, f, tag);
-  }
-
-  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    if (atNs !== this.#lastAt) this.#stampAt(atNs);
-    this.#frame(channel, f, tag);
-  }
-
-  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
+  protected encode(channel: number, f: CanFrame, tag: CaptureTag): void {
     let p = this.#begin(channel, 0);
-    const b = this.#out.buf;
+    const b = this.out.buf;
     p = f.extended ? putHex(b, p, f.id, 8) : putHex(b, p, f.id, 3);
     b[p++] = 0x23; // #
     if (f.rtr) {
@@ -171,17 +144,13 @@ export class CandumpLogEncoder implements CaptureEncoder {
   }
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {
-    this.#stamp(wallNs);
+    this.stamp(wallNs);
     let p = this.#begin(channel, 0);
-    const b = this.#out.buf;
+    const b = this.out.buf;
     p = putHex(b, p, (CanErr.FLAG | (e.classBits & CanErr.MASK)) >>> 0, 8);
     b[p++] = 0x23;
     for (let i = 0; i < 8; i++) p = putHex(b, p, e.data[i] ?? 0, 2);
     this.#end(p, tag);
-  }
-
-  flush(): void {
-    this.#out.flush();
   }
 
   fileHeader(_channels: number, _totals: FileTotals): Uint8Array {

@@ -17,7 +17,8 @@
  */
 import { CanErr, type CanErrorFrame } from '../bus/can-error.js';
 import { type CanFrame, CanFrameError, makeCanFrame } from '../bus/index.js';
-import { ascii, ChunkWriter, concatBytes, InputBuffer, latin1, swap32, wordOf } from './bytes.js';
+import { ascii, concatBytes, InputBuffer, latin1, swap32, wordOf } from './bytes.js';
+import { ChunkEncoder } from './encoder-base.js';
 import { type FrameStage, STAGED_EXTENDED, STAGED_FD, STAGED_RTR } from './stage.js';
 import type {
   CaptureDecoder,
@@ -31,8 +32,6 @@ import type {
 
 export const LINKTYPE_CAN_SOCKETCAN = 227;
 
-/** `#lastWall` when no bigint time is cached (a constant: `-1n` in an expression allocates). */
-const NO_WALL = -1n;
 const BT_SHB = 0x0a0d0d0a;
 const BT_IDB = 0x00000001;
 const BT_SPB = 0x00000003;
@@ -97,31 +96,23 @@ interface PcapngTag extends CaptureTag {
   readonly words: Uint32Array;
 }
 
-export class PcapngEncoder implements CaptureEncoder {
+export class PcapngEncoder extends ChunkEncoder implements CaptureEncoder {
   readonly format = 'pcapng' as const;
   readonly channels: string[] = [];
   readonly headerHasTotals = false;
-  readonly chunkSize: number;
-  readonly #out: ChunkWriter;
   readonly #application: string;
   readonly #idbs: Uint8Array[] = [];
-  readonly startNs: bigint;
   /** `startNs` as two 32-bit halves (the EPB's timestamp layout). */
   readonly #startHigh: number;
   readonly #startLow: number;
-  #lastWall = NO_WALL;
-  /** The `frameAt` time last stamped (NaN: none, or a bigint time since). */
-  #lastAt = Number.NaN;
   #tsHigh = 0;
   #tsLow = 0;
 
   constructor(opts: CaptureEncoderOptions) {
-    this.chunkSize = opts.chunkSize ?? 256 * 1024;
-    this.startNs = opts.startNs;
+    super(opts, 256 * 1024);
     const start = opts.startNs < 0n ? 0n : opts.startNs;
     this.#startHigh = Number(start >> 32n);
     this.#startLow = Number(start & 0xffffffffn);
-    this.#out = new ChunkWriter(opts.handler, this.chunkSize, opts.startNs);
     this.#application = opts.application ?? 'vhost-device-ts';
   }
 
@@ -129,11 +120,11 @@ export class PcapngEncoder implements CaptureEncoder {
     const idb = this.#idb(name);
     this.#idbs.push(idb);
     // Packets of this channel follow its IDB in the stream.
-    const at = this.#out.reserve(idb.length);
-    this.#out.buf.set(idb, at);
-    this.#out.commit(at + idb.length, 0);
+    const at = this.out.reserve(idb.length);
+    this.out.buf.set(idb, at);
+    this.out.commit(at + idb.length, 0);
     this.channels.push(name);
-    this.#out.channels = this.channels.length;
+    this.out.channels = this.channels.length;
     return this.channels.length - 1;
   }
 
@@ -169,22 +160,14 @@ export class PcapngEncoder implements CaptureEncoder {
     return { port, direction, options, words };
   }
 
-  #stamp(wallNs: bigint): void {
-    this.#lastAt = Number.NaN;
-    this.#out.lastWall = wallNs;
-    if (wallNs === this.#lastWall) return;
-    this.#lastWall = wallNs;
+  protected stampWall(wallNs: bigint): void {
     const w = wallNs < 0n ? 0n : wallNs;
     this.#tsHigh = Number((w >> 32n) & 0xffffffffn);
     this.#tsLow = Number(w & 0xffffffffn);
   }
 
-  /** `#stamp` of `startNs + atNs`, in numbers (exact: every sum stays below 2^53). */
-  #stampAt(atNs: number): void {
-    this.#lastAt = atNs;
-    this.#out.lastWall = null;
-    this.#out.lastAt = atNs;
-    this.#lastWall = NO_WALL;
+  /** `stampWall` of `startNs + atNs`, in numbers (exact: every sum stays below 2^53). */
+  protected stampAt(atNs: number): void {
     let low = this.#startLow + atNs;
     let high = this.#startHigh;
     if (low >= 0x1_0000_0000 || low < 0) {
@@ -204,7 +187,7 @@ export class PcapngEncoder implements CaptureEncoder {
   #begin(channel: number, caplen: number, opts: Uint8Array): number {
     this.#checkChannel(channel);
     const total = EPB_FIXED + caplen + opts.length;
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(total);
     const dv = out.dv;
     dv.setUint32(at, BT_EPB, true);
@@ -228,18 +211,8 @@ export class PcapngEncoder implements CaptureEncoder {
     }
   }
 
-  frame(channel: number, f: CanFrame, wallNs: bigint, tag: CaptureTag): void {
-    this.#stamp(wallNs);
-    this.#frame(channel, f, tag);
-  }
-
-  frameAt(channel: number, f: CanFrame, atNs: number, tag: CaptureTag): void {
-    if (atNs !== this.#lastAt) this.#stampAt(atNs);
-    this.#frame(channel, f, tag);
-  }
-
-  #frame(channel: number, f: CanFrame, tag: CaptureTag): void {
-    if (!f.fd && this.#out.u32 !== null) {
+  protected encode(channel: number, f: CanFrame, tag: CaptureTag): void {
+    if (!f.fd && this.out.u32 !== null) {
       let id = f.id;
       if (f.extended) id |= CAN_EFF_FLAG;
       if (f.rtr) id |= CAN_RTR_FLAG;
@@ -250,7 +223,7 @@ export class PcapngEncoder implements CaptureEncoder {
     const opts = (tag as PcapngTag).options;
     const caplen = f.fd ? FD_PACKET : CLASSIC_PACKET;
     const p = this.#begin(channel, caplen, opts);
-    const out = this.#out;
+    const out = this.out;
     const b = out.buf;
     let id = f.id;
     if (f.extended) id |= CAN_EFF_FLAG;
@@ -285,7 +258,7 @@ export class PcapngEncoder implements CaptureEncoder {
     const words = tag.words;
     const nw = words.length;
     const total = EPB_FIXED + CLASSIC_PACKET + 4 * nw;
-    const out = this.#out;
+    const out = this.out;
     const at = out.reserve(total);
     const u = out.u32!;
     const w = at >>> 2;
@@ -317,11 +290,11 @@ export class PcapngEncoder implements CaptureEncoder {
       const flags = meta >>> 24;
       const atNs = ats[i]!;
       const tag = tags[i]! as PcapngTag;
-      if ((flags & STAGED_FD) !== 0 || this.#out.u32 === null) {
+      if ((flags & STAGED_FD) !== 0 || this.out.u32 === null) {
         this.frameAt(channels[i]!, stage.frame(i), atNs, tag);
         continue;
       }
-      if (atNs !== this.#lastAt) this.#stampAt(atNs);
+      if (this.out.at(atNs)) this.stampAt(atNs);
       let id = ids[i]!;
       if ((flags & STAGED_EXTENDED) !== 0) id |= CAN_EFF_FLAG;
       if ((flags & STAGED_RTR) !== 0) id |= CAN_RTR_FLAG;
@@ -331,9 +304,9 @@ export class PcapngEncoder implements CaptureEncoder {
 
   errorFrame(channel: number, e: CanErrorFrame, wallNs: bigint, tag: CaptureTag): void {
     const opts = (tag as PcapngTag).options;
-    this.#stamp(wallNs);
+    this.stamp(wallNs);
     const p = this.#begin(channel, CLASSIC_PACKET, opts);
-    const out = this.#out;
+    const out = this.out;
     out.dv.setUint32(p, (CAN_ERR_FLAG | (e.classBits & CanErr.MASK)) >>> 0, false);
     const b = out.buf;
     b[p + 4] = 8;
@@ -342,10 +315,6 @@ export class PcapngEncoder implements CaptureEncoder {
     b[p + 7] = 0;
     for (let i = 0; i < 8; i++) b[p + 8 + i] = e.data[i] ?? 0;
     out.commit(p + CLASSIC_PACKET + opts.length + 4, 1);
-  }
-
-  flush(): void {
-    this.#out.flush();
   }
 
   fileHeader(channels: number, _totals: FileTotals): Uint8Array {

@@ -9,7 +9,7 @@
  * classic frame (`encodeStaged` reads them straight from here); longer payloads (CAN FD) are copied
  * whole. One stage per file keeps the file in bus order across the buses it records.
  */
-import type { CanFrame } from '../bus/can-frame.js';
+import { type CanFrame, type MutableCanFrame, scratchCanFrame } from '../bus/can-frame.js';
 import { wordOf } from './bytes.js';
 import type { CaptureTag } from './types.js';
 
@@ -19,21 +19,6 @@ export const STAGED_RTR = 2;
 export const STAGED_FD = 4;
 export const STAGED_BRS = 8;
 export const STAGED_ESI = 16;
-
-/** The reused frame `frame(i)` and `drain` hand out (valid until the next call). */
-interface StagedFrame extends CanFrame {
-  id: number;
-  extended: boolean;
-  rtr: boolean;
-  fd: boolean;
-  brs: boolean;
-  esi: boolean;
-  len: number;
-  len8Dlc: number;
-  data: Uint8Array;
-  timestampNs: bigint;
-  origin: number;
-}
 
 export class FrameStage {
   readonly capacity: number;
@@ -54,19 +39,8 @@ export class FrameStage {
   readonly #data: Uint8Array;
   /** One payload array per length (0..64), so the handed-out frame's `data` has the right size. */
   readonly #payload: Uint8Array[] = Array.from({ length: SLOT_DATA + 1 }, (_, n) => new Uint8Array(n));
-  readonly #frame: StagedFrame = {
-    id: 0,
-    extended: false,
-    rtr: false,
-    fd: false,
-    brs: false,
-    esi: false,
-    len: 0,
-    len8Dlc: 0,
-    data: new Uint8Array(0),
-    timestampNs: 0n,
-    origin: 0,
-  };
+  /** The reused frame `frame(i)` and `drain` hand out (valid until the next call). */
+  readonly #frame: MutableCanFrame = scratchCanFrame();
 
   constructor(capacity: number) {
     if (!(Number.isSafeInteger(capacity) && capacity >= 1)) {

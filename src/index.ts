@@ -67,8 +67,12 @@ export { type ConsoleWeb, startConsoleWeb } from './node/http/console-web.js';
 export type { FaultControl } from './node/http/fault-control.js';
 export { StructuredLogger } from './node/log.js';
 export {
+  CPU_LATENCY_DEVICE,
+  type CpuLatencyHold,
+  type CpuLatencyOptions,
   DEFAULT_REALTIME_PRIORITY,
   enterRealtime,
+  holdCpuLatency,
   RealtimeError,
   type RealtimeOptions,
   type RealtimeState,

@@ -25,6 +25,8 @@ export interface TimedFlowResult {
   bitrate: number | null;
   /** The daemon ran with --realtime=10 (its main thread under SCHED_FIFO 10). */
   realtime: boolean;
+  /** The daemon held this CPU latency limit (--cpu-latency, us); null: it did not. */
+  cpuLatency?: number | null;
   guests: number;
   seconds: number;
   busFramesPerS: number;
@@ -59,6 +61,8 @@ export interface TimedFlowResult {
 export interface TimerProbeResult {
   periodUs: number;
   realtime: boolean;
+  /** The probe held this CPU latency limit (/dev/cpu_dma_latency, us); null: it did not. */
+  cpuLatency?: number | null;
   wakes: number;
   p50Us: number;
   p99Us: number;
@@ -84,17 +88,25 @@ const ON_TIME = 0.01;
 /** The priority of the rt rows (--realtime=10, what `chrt -f -p 10 PID` gave before the option). */
 const RT_PRIORITY = 10;
 
+/** How the daemon of a row runs: normal; --realtime; --realtime and --cpu-latency=0. */
+type Rt = 'none' | 'fifo' | 'fifo-lat0';
+const RT_ARGS: Record<Rt, string[]> = {
+  none: [],
+  fifo: [`--realtime=${RT_PRIORITY}`],
+  'fifo-lat0': [`--realtime=${RT_PRIORITY}`, '--cpu-latency=0'],
+};
+
 async function pairsDaemon(
   ctx: Ctx,
   pairs: number,
   bitrate: number | null,
   label: string,
-  rt = false,
+  rt: Rt = 'none',
 ): Promise<DaemonProcess> {
   const buses = Array.from({ length: pairs }, (_, i) => `b${i}`);
   const args = ['-d', buses.flatMap((b) => [`virtual:${b}`, `virtual:${b}`]).join(' ')];
   if (bitrate !== null) for (const b of buses) args.push('--bitrate', `${b}=${bitrate}`);
-  if (rt) args.push(`--realtime=${RT_PRIORITY}`);
+  args.push(...RT_ARGS[rt]);
   return ctx.daemon(2 * pairs, label, [], { args, buses: pairs });
 }
 
@@ -120,18 +132,20 @@ async function timedFlow(
   bitrate: number | null,
   pairs: number,
   label: string,
-  rt = false,
+  rt: Rt = 'none',
 ): Promise<TimedFlowResult | null> {
   let d: DaemonProcess;
   try {
     d = await pairsDaemon(ctx, pairs, bitrate, label, rt);
   } catch (err) {
-    // --realtime refused (no root, CAP_SYS_NICE or RLIMIT_RTPRIO; or a build without the option):
-    // the daemon exits at start-up naming the cause. Anything else is a failure of the phase.
+    // --realtime or --cpu-latency refused (no root, CAP_SYS_NICE or RLIMIT_RTPRIO; no
+    // /dev/cpu_dma_latency; or a build without the option): the daemon exits at start-up naming
+    // the cause. Anything else is a failure of the phase.
     const msg = (err as Error).message;
-    if (!rt || !/realtime/.test(msg)) throw err;
-    const why = msg.split('\n').find((l) => /realtime/.test(l)) ?? msg;
-    log(`timed: the daemon did not start with --realtime=${RT_PRIORITY}: no real-time rows (${why.trim()})`);
+    const what = /cpu-latency/.test(msg) ? /cpu-latency/ : /realtime/;
+    if (rt === 'none' || !what.test(msg)) throw err;
+    const why = msg.split('\n').find((l) => what.test(l)) ?? msg;
+    log(`timed: the daemon did not start with ${RT_ARGS[rt].join(' ')}: no such rows (${why.trim()})`);
     return null;
   }
   try {
@@ -186,7 +200,8 @@ async function timedFlow(
     return {
       label,
       bitrate,
-      realtime: rt,
+      realtime: rt !== 'none',
+      cpuLatency: rt === 'fifo-lat0' ? 0 : null,
       guests: 2 * pairs,
       seconds: r1(dt * 1000) / 1000,
       busFramesPerS: perS(frames, dt),
@@ -271,9 +286,15 @@ async function idle(ctx: Ctx, bitrate: number | null, label: string): Promise<Id
  * Wakes `wakes` times, `periodUs` apart, from a timerfd armed at absolute deadlines (what the hub's
  * timer does), in a child Node process that does nothing else; lateness of each callback.
  */
-function probeTimer(ctx: Ctx, periodUs: number, wakes: number, rt: boolean): TimerProbeResult | null {
+function probeTimer(ctx: Ctx, periodUs: number, wakes: number, rt: Rt): TimerProbeResult | null {
   const script = `
     const { native } = await import(${JSON.stringify(ctx.build.addonModule)});
+    if (${rt === 'fifo-lat0'}) {
+      // Held while this process lives, as the daemon's --cpu-latency=0 does.
+      const { openSync, writeSync } = await import('node:fs');
+      globalThis.latencyFd = openSync('/dev/cpu_dma_latency', 'r+');
+      writeSync(globalThis.latencyFd, new Uint8Array(new Int32Array([0]).buffer));
+    }
     const fd = native.timerfdCreate();
     const period = ${periodUs * 1000}, n = ${wakes}, late = new Float64Array(n);
     const now = () => Number(process.hrtime.bigint());
@@ -296,7 +317,8 @@ function probeTimer(ctx: Ctx, periodUs: number, wakes: number, rt: boolean): Tim
     w.start(native.READABLE);`;
   const argv = [process.execPath, '--input-type=module', '-e', script];
   try {
-    const out = execFileSync(rt ? 'chrt' : argv[0]!, rt ? ['-f', '10', ...argv] : argv.slice(1), {
+    const fifo = rt !== 'none';
+    const out = execFileSync(fifo ? 'chrt' : argv[0]!, fifo ? ['-f', '10', ...argv] : argv.slice(1), {
       encoding: 'utf8',
       timeout: 60_000,
     });
@@ -304,9 +326,9 @@ function probeTimer(ctx: Ctx, periodUs: number, wakes: number, rt: boolean): Tim
       TimerProbeResult,
       'periodUs' | 'realtime' | 'wakes'
     >;
-    return { periodUs, realtime: rt, wakes, ...r };
+    return { periodUs, realtime: fifo, cpuLatency: rt === 'fifo-lat0' ? 0 : null, wakes, ...r };
   } catch (err) {
-    log(`timed: timer probe (${periodUs} us${rt ? ', chrt -f 10' : ''}) failed: ${(err as Error).message}`);
+    log(`timed: timer probe (${periodUs} us, ${probeName(rt)}) failed: ${(err as Error).message}`);
     return null;
   }
 }
@@ -323,8 +345,8 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
   };
   res.timed = out;
   for (const periodUs of [250, 1000]) {
-    for (const rt of [false, true]) {
-      log(`timed: bare timerfd wake-ups every ${periodUs} us${rt ? ' under chrt -f 10' : ''}`);
+    for (const rt of ['none', 'fifo', 'fifo-lat0'] as const) {
+      log(`timed: bare timerfd wake-ups every ${periodUs} us, ${probeName(rt)}`);
       await ctx.quietGate(ctx.cfg.gateMs);
       const r = probeTimer(ctx, periodUs, ctx.cfg.quick ? 2000 : 10_000, rt);
       if (r !== null) out.probes!.push(r);
@@ -340,14 +362,17 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
     if (r !== null) out.rates.push(r);
   }
   // The same with the daemon under a real-time scheduling class: how much of the lateness is the
-  // daemon waiting for a core the load processes (and the rest of the machine) hold.
-  for (const bitrate of [500_000, 1_000_000]) {
-    log(`timed: one pair at ${bitrate / 1000} kbit/s, daemon with --realtime=${RT_PRIORITY}`);
-    const r = await measuredOrNull(ctx, `timed ${bitrate} rt`, () =>
-      timedFlow(ctx, bitrate, 1, `timed-${bitrate}-rt`, true),
-    );
-    if (r === null) break;
-    out.rates.push(r);
+  // daemon waiting for a core the load processes (and the rest of the machine) hold; then also
+  // with idle CPUs kept awake: how much is the wake-up of a sleeping CPU.
+  for (const rt of ['fifo', 'fifo-lat0'] as const) {
+    for (const bitrate of [500_000, 1_000_000]) {
+      log(`timed: one pair at ${bitrate / 1000} kbit/s, daemon with ${RT_ARGS[rt].join(' ')}`);
+      const r = await measuredOrNull(ctx, `timed ${bitrate} ${rt}`, () =>
+        timedFlow(ctx, bitrate, 1, `timed-${bitrate}-${rt}`, rt),
+      );
+      if (r === null) break;
+      out.rates.push(r);
+    }
   }
   log(`timed: idle, ${ctx.cfg.idleMs / 1000} s each, timed (500k) and untimed`);
   out.idle = {
@@ -365,6 +390,14 @@ export async function measureTimed(ctx: Ctx, res: Results): Promise<void> {
     out.mostOnTimeAt1M = r.guests;
     if ((r.lateP99Us ?? Number.POSITIVE_INFINITY) < 1000) out.mostUnder1msAt1M = r.guests;
   }
+}
+
+function probeName(rt: Rt): string {
+  return rt === 'none'
+    ? 'normal priority'
+    : rt === 'fifo'
+      ? 'chrt -f 10'
+      : 'chrt -f 10, CPU latency held at 0';
 }
 
 /** `measured` for flows that may be skipped (null). */
@@ -388,7 +421,9 @@ export function reportTimed(res: Results, out: string[]): void {
   const t = res.timed;
   if (t === null || t === undefined) return;
   const row = (r: TimedFlowResult) => [
-    r.bitrate === null ? 'untimed' : `${r.bitrate / 1000}k${r.realtime ? ' rt' : ''}`,
+    r.bitrate === null
+      ? 'untimed'
+      : `${r.bitrate / 1000}k${r.realtime ? ' rt' : ''}${r.cpuLatency === 0 ? '+lat0' : ''}`,
     r.guests,
     int(r.busFramesPerS),
     r.busyShare.length === 0 ? '-' : fixed(Math.min(...r.busyShare), 4),
@@ -439,7 +474,8 @@ export function reportTimed(res: Results, out: string[]): void {
         'late = delivery time - ideal end time of each frame, in the daemon, over its life (goal p99 < 100 us at 500k);',
         'win = the same over the measured window only (after warm-up); <100us = share of its frames less than 100 us late.',
         `rt: the daemon with --realtime=${RT_PRIORITY} (main thread under SCHED_FIFO ${RT_PRIORITY}, as chrt -f -p ${RT_PRIORITY} gives), so it does not`,
-        'wait for a core the load processes hold.',
+        'wait for a core the load processes hold. +lat0: also --cpu-latency=0 (idle CPUs poll instead of sleeping, so',
+        'a wake-up does not wait for a halted vCPU).',
       ],
     ),
   );
@@ -450,7 +486,7 @@ export function reportTimed(res: Results, out: string[]): void {
         ['period', 'priority', 'wakes', 'p50 us', 'p99 us', 'p99.9 us', 'max us'],
         t.probes.map((p) => [
           `${p.periodUs} us`,
-          p.realtime ? 'chrt -f 10' : 'normal',
+          p.cpuLatency === 0 ? 'chrt -f 10, latency 0' : p.realtime ? 'chrt -f 10' : 'normal',
           int(p.wakes),
           p.p50Us,
           p.p99Us,
@@ -460,6 +496,7 @@ export function reportTimed(res: Results, out: string[]): void {
         [
           'The floor under the timed bus: 250 us is about one classic frame at 500 kbit/s, 1000 us at 125 kbit/s.',
           'In a VM an idle vCPU halts; waking it goes through the host, and the longer the gap the slower the wake-up.',
+          'latency 0: the probe holds /dev/cpu_dma_latency at 0 (what --cpu-latency=0 does): idle CPUs poll.',
         ],
       ),
     );

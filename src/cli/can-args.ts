@@ -11,7 +11,12 @@ import type { BusPortRequest, PortKind, PortRegistry } from '../node/bus/port-re
 import { DEFAULT_SOCKETCAN_RCVBUF } from '../node/bus/socketcan-port.js';
 import { type BusSpec, busesOf, type CanDaemonOptions, type FaultRequest } from '../node/can/can-daemon.js';
 import { parseCidr, parseHostPort } from '../node/net/addresses.js';
-import { DEFAULT_REALTIME_PRIORITY, MAX_REALTIME_PRIORITY, MIN_REALTIME_PRIORITY } from '../node/realtime.js';
+import {
+  DEFAULT_REALTIME_PRIORITY,
+  MAX_CPU_LATENCY_US,
+  MAX_REALTIME_PRIORITY,
+  MIN_REALTIME_PRIORITY,
+} from '../node/realtime.js';
 import { type CommonOptions, type EarlyResult, intOption, parseDaemonArgs } from './common-args.js';
 import { HTTP_OPTIONS, type HttpCliOptions, httpOptionsHelp, parseHttpOptions } from './http-args.js';
 import { parseTimingOptions, TIMING_HELP } from './timing-args.js';
@@ -41,6 +46,8 @@ export interface CanCliOptions extends CommonOptions {
   faults: FaultRequest[];
   /** --realtime[=N]: the main thread's SCHED_FIFO priority once serving; null without it. */
   realtime: number | null;
+  /** --cpu-latency=US: the CPU wake-up latency limit held once serving; null without it. */
+  cpuLatency: number | null;
 }
 
 export type CanCliResult = { kind: 'run'; options: CanCliOptions } | EarlyResult;
@@ -145,6 +152,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       ack: { type: 'string', multiple: true },
       fault: { type: 'string', multiple: true },
       realtime: { type: 'string' },
+      'cpu-latency': { type: 'string' },
     },
     MAX_SOCKET_COUNT,
   );
@@ -244,6 +252,9 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       ? null
       : intOption(rtArg, 'realtime', MIN_REALTIME_PRIORITY, MAX_REALTIME_PRIORITY, DEFAULT_REALTIME_PRIORITY);
   if (typeof realtime === 'string') return { kind: 'error', message: realtime };
+  const latArg = values['cpu-latency'] as string | undefined;
+  const cpuLatency = latArg === undefined ? null : intOption(latArg, 'cpu-latency', 0, MAX_CPU_LATENCY_US, 0);
+  if (typeof cpuLatency === 'string') return { kind: 'error', message: cpuLatency };
   return {
     kind: 'run',
     options: {
@@ -260,6 +271,7 @@ export function parseCanArgs(argv: readonly string[], registry: PortRegistry = b
       timing: timed.timing,
       faults: timed.faults,
       realtime,
+      cpuLatency,
     },
   };
 }
@@ -398,6 +410,14 @@ ${portKindsHelp()}${TIMING_HELP}    --realtime[=N]
         other threads stay at normal priority. Needs root, CAP_SYS_NICE or \`ulimit -r N\`;
         refused, the daemon exits with status 1. A flood on an untimed bus keeps a core busy at
         real-time priority (warned at start).
+    --cpu-latency US
+        Once serving, hold the kernel's CPU latency limit (/dev/cpu_dma_latency) at US
+        microseconds (0..2000000000) while the daemon runs: idle CPUs then only enter idle
+        states they leave within US. With --realtime on a timed bus, 0 gives the tightest
+        timing: idle CPUs poll instead of sleeping, so a wake-up does not wait for a CPU (or, in
+        a virtual machine, a halted vCPU) to come back (docs/timed-bus.md); the price is cores
+        that never rest. The limit is system-wide and ends with the process. Needs root (the
+        device is root's); refused, the daemon exits with status 1.
     --socketcand-listen ADDR:PORT
         Serves every bus over the socketcand protocol (TCP; ADDR an IPv4 address, [IPv6] or
         localhost; socketcand's port is 29536). Clients such as python-can's socketcand

@@ -5,7 +5,7 @@
  */
 import { busName, startCanDaemon } from '../node/can/can-daemon.js';
 import { startCanWeb } from '../node/http/can-web.js';
-import { enterRealtime } from '../node/realtime.js';
+import { type CpuLatencyHold, enterRealtime, holdCpuLatency } from '../node/realtime.js';
 import { CAN_HELP, type CanCliOptions, parseCanArgs, socketPaths } from './can-args.js';
 import { formatStats } from './can-stats.js';
 import { httpToken, serveHttp } from './http-args.js';
@@ -68,7 +68,20 @@ main<CanCliOptions>({
         );
       }
     }
-    return { stats: () => formatStats(can), stop: http.stop, started: http.started };
+    let hold: CpuLatencyHold | null = null;
+    if (o.cpuLatency !== null) {
+      try {
+        hold = holdCpuLatency(o.cpuLatency, { log });
+      } catch (err) {
+        http.stop();
+        throw err;
+      }
+    }
+    const stop = (): void => {
+      hold?.release();
+      http.stop();
+    };
+    return { stats: () => formatStats(can), stop, started: http.started };
   },
   describe: (o) => ({
     sockets: o.socketCount,

@@ -11,7 +11,14 @@
  * The CLI calls `enterRealtime` once the daemon serves (sockets bound). `startCanDaemon` does not:
  * a program that embeds the daemon owns its thread (which may run other work) and decides itself,
  * by calling the same function (exported by the package).
+ *
+ * `--cpu-latency=US` (`holdCpuLatency`) is the other half: even a real-time thread has to wait for
+ * its CPU to come out of an idle state. Deep idle states (and, in a virtual machine, a halted
+ * vCPU that the host has to schedule again) take tens of microseconds to leave. The kernel's PM QoS
+ * CPU latency limit (/dev/cpu_dma_latency) keeps every CPU out of idle states slower to leave than
+ * the limit, for as long as the requesting file stays open; at 0 idle CPUs poll instead of sleeping.
  */
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { type Logger, nullLogger } from '../core/util/log.js';
 import { CodedError } from './errors.js';
 import { native as defaultNative, type NativeAddon } from './native/addon.js';
@@ -21,7 +28,12 @@ export const DEFAULT_REALTIME_PRIORITY = 10;
 export const MIN_REALTIME_PRIORITY = 1;
 export const MAX_REALTIME_PRIORITY = 99;
 
-export class RealtimeError extends CodedError<'ERR_REALTIME'> {}
+/** The kernel's PM QoS CPU latency device. */
+export const CPU_LATENCY_DEVICE = '/dev/cpu_dma_latency';
+/** The kernel's "no limit" (PM_QOS_CPU_LATENCY_DEFAULT_VALUE, microseconds): the largest limit asked. */
+export const MAX_CPU_LATENCY_US = 2_000_000_000;
+
+export class RealtimeError extends CodedError<'ERR_REALTIME' | 'ERR_CPU_LATENCY'> {}
 
 /** The policy and priority the thread has afterwards (read back from the kernel). */
 export interface RealtimeState {
@@ -77,6 +89,87 @@ export function realtimeRefusal(err: unknown, priority: number): string {
       );
     case 'EINVAL':
       return `${head}: this kernel does not accept that policy or priority (sched_get_priority_max(SCHED_FIFO) is usually 99)`;
+    default:
+      return head;
+  }
+}
+
+/** A CPU latency limit this process holds (`holdCpuLatency`). */
+export interface CpuLatencyHold {
+  /** The limit asked for, in microseconds. */
+  readonly requestedUs: number;
+  /** The limit the kernel applies once this one is placed: the lowest of every holder's. */
+  readonly effectiveUs: number;
+  /** Drops the request (closes the device); idempotent. Exiting the process drops it as well. */
+  release(): void;
+}
+
+export interface CpuLatencyOptions {
+  /** Where the one "cpu-latency:" line goes (default: nowhere). */
+  log?: Logger;
+  /** The device (default CPU_LATENCY_DEVICE; tests pass another file). */
+  device?: string;
+}
+
+/**
+ * Asks the kernel to keep every CPU's idle wake-up latency at most `us` microseconds (0: idle CPUs
+ * poll) until `release()` or the end of the process, and logs one line. Throws a RealtimeError
+ * (ERR_CPU_LATENCY) naming the cause when the device cannot be opened or written, a RangeError
+ * for a limit outside 0..MAX_CPU_LATENCY_US.
+ */
+export function holdCpuLatency(us: number, opts: CpuLatencyOptions = {}): CpuLatencyHold {
+  const device = opts.device ?? CPU_LATENCY_DEVICE;
+  if (!Number.isInteger(us) || us < 0 || us > MAX_CPU_LATENCY_US) {
+    throw new RangeError(`CPU latency must be an integer 0..${MAX_CPU_LATENCY_US} (microseconds), got ${us}`);
+  }
+  let fd: number;
+  try {
+    fd = openSync(device, 'r+');
+  } catch (err) {
+    throw new RealtimeError('ERR_CPU_LATENCY', cpuLatencyRefusal(err, us, device), { cause: err });
+  }
+  let effectiveUs: number;
+  try {
+    // Four bytes are taken as a binary s32 in the host's byte order (anything else as a hex string).
+    const value = new Int32Array([us]);
+    writeSync(fd, new Uint8Array(value.buffer));
+    // Reading gives the limit in force, the lowest of all requests (the same binary s32).
+    const back = new Int32Array(1);
+    effectiveUs = readSync(fd, new Uint8Array(back.buffer), 0, 4, null) === 4 ? back[0]! : us;
+  } catch (err) {
+    closeSync(fd);
+    throw new RealtimeError('ERR_CPU_LATENCY', cpuLatencyRefusal(err, us, device), { cause: err });
+  }
+  let open = true;
+  (opts.log ?? nullLogger).info(`cpu-latency: idle CPUs held to a wake-up latency of at most ${us} us`, {
+    device,
+    effectiveUs,
+  });
+  return {
+    requestedUs: us,
+    effectiveUs,
+    release() {
+      if (!open) return;
+      open = false;
+      closeSync(fd);
+    },
+  };
+}
+
+/** Why the CPU latency limit could not be placed, and what to do about it. */
+export function cpuLatencyRefusal(err: unknown, us: number, device: string): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : 'unknown';
+  const reason = typeof e?.message === 'string' ? e.message : String(err);
+  const head = `--cpu-latency=${us}: cannot hold the CPU latency limit through ${device} (${reason})`;
+  switch (code) {
+    case 'EACCES':
+    case 'EPERM':
+      return `${head}: the device is root's (mode 0600 by default); run as root, or let the daemon's user write it (a udev rule)`;
+    case 'ENOENT':
+    case 'ENODEV':
+    case 'ENXIO':
+      return `${head}: this kernel has no PM QoS CPU latency device (built without CONFIG_CPU_IDLE, or /dev not populated)`;
     default:
       return head;
   }

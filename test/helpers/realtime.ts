@@ -1,8 +1,9 @@
 // Real-time scheduling in tests: reading a thread's class from /proc, and whether this machine lets
 // the tests use SCHED_FIFO (root or CAP_SYS_NICE) and take that right away (util-linux setpriv and
 // prlimit). The tests skip with the reason outside CI and fail in CI, which runs as root.
+import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 
 /** A thread's scheduling fields of /proc/PID/task/TID/stat: rt_priority (40) and policy (41). */
 export interface ThreadSched {
@@ -61,3 +62,27 @@ if (process.env.CI && (why.fifo !== undefined || why.refuse !== undefined)) {
 export const fifoSkip: string | undefined = why.fifo;
 /** The `skip` option of tests that need SCHED_FIFO refused by dropping CAP_SYS_NICE. */
 export const refuseSkip: string | undefined = why.refuse;
+
+/** The kernel's PM QoS CPU latency limit now (microseconds), as /dev/cpu_dma_latency reads. */
+export function readCpuLatency(): number {
+  const fd = openSync('/dev/cpu_dma_latency', 'r');
+  try {
+    const v = new Int32Array(1);
+    assert.equal(readSync(fd, new Uint8Array(v.buffer), 0, 4, null), 4);
+    return v[0]!;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function cpuLatencyProbe(): string | undefined {
+  if (process.getuid?.() !== 0) return "/dev/cpu_dma_latency is root's: these tests need root";
+  if (!existsSync('/dev/cpu_dma_latency')) return 'this kernel has no /dev/cpu_dma_latency (CONFIG_CPU_IDLE)';
+  return undefined;
+}
+const whyLatency = cpuLatencyProbe();
+if (process.env.CI && whyLatency !== undefined) {
+  throw new Error(`CPU latency tests must run under CI, but: ${whyLatency}`);
+}
+/** The `skip` option of tests that hold the real CPU latency limit (root, and the device present). */
+export const cpuLatencySkip: string | undefined = whyLatency;

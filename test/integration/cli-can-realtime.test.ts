@@ -1,12 +1,20 @@
 /** vhost-device-can --realtime[=N] as a user runs it: a child process, its threads seen in /proc. */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { cli, exited, ROOT, waitFor } from '../helpers/cli.js';
-import { fifoSkip, refuseSkip, threadSched, threadsOf, WITHOUT_SYS_NICE } from '../helpers/realtime.js';
+import {
+  cpuLatencySkip,
+  fifoSkip,
+  readCpuLatency,
+  refuseSkip,
+  threadSched,
+  threadsOf,
+  WITHOUT_SYS_NICE,
+} from '../helpers/realtime.js';
 
 const can = cli('vhost-device-can.ts');
 
@@ -22,6 +30,10 @@ test('bad --realtime values exit 2 naming the problem', () => {
     [['--realtime=1.5'], /--realtime expects an integer, got "1\.5"/],
     [['--realtime='], /--realtime expects an integer, got ""/],
     [['--realtime', '12'], /--realtime takes its priority as --realtime=N/],
+    [['--cpu-latency=-1'], /--cpu-latency expects an integer, got "-1"/],
+    [['--cpu-latency=2000000001'], /--cpu-latency must be between 0 and 2000000000, got 2000000001/],
+    [['--cpu-latency=5us'], /--cpu-latency expects an integer, got "5us"/],
+    [['--cpu-latency'], /--cpu-latency/],
   ];
   for (const [args, re] of cases) {
     const r = can.runSync([...s, ...args]);
@@ -109,6 +121,86 @@ test('refused by the kernel (no CAP_SYS_NICE, RLIMIT_RTPRIO 0): exit 1 with the 
   assert.match(out, /needs root or CAP_SYS_NICE/);
   assert.match(out, /`ulimit -r 12`/);
   assert.match(out, /\(ERR_REALTIME\)\n/);
+  assert.doesNotMatch(out, /vhost-device-can started/);
+  assert.equal(existsSync(`${base}0`), false, 'the socket file is removed');
+});
+
+test('--cpu-latency=77: the kernel limit is 77 us while the daemon runs and back once it is killed', {
+  skip: cpuLatencySkip ?? fifoSkip,
+}, async (t) => {
+  const before = readCpuLatency();
+  if (before <= 77) {
+    t.skip(`something else holds the CPU latency limit at ${before} us already`);
+    return;
+  }
+  const d = can.start([
+    '-s',
+    join(dir, 'lat.sock'),
+    '--bitrate',
+    'default=500k',
+    '--realtime=12',
+    '--cpu-latency=77',
+  ]);
+  t.after(() => d.child.kill('SIGKILL'));
+  await waitFor(() => d.output().includes('vhost-device-can started'));
+  assert.equal(readCpuLatency(), 77);
+  assert.match(
+    d.output(),
+    /cpu-latency: idle CPUs held to a wake-up latency of at most 77 us .*effectiveUs=77/,
+  );
+  // Held after the real-time switch, before "started".
+  const out = d.output();
+  assert.ok(out.indexOf('realtime:') < out.indexOf('cpu-latency:'));
+  assert.ok(out.indexOf('cpu-latency:') < out.indexOf('vhost-device-can started'));
+  // A killed daemon leaves nothing behind: the kernel drops the request with the process's files.
+  d.child.kill('SIGKILL');
+  await exited(d.child);
+  assert.equal(readCpuLatency(), before);
+
+  // A clean stop releases it as well.
+  const e = can.start(['-s', join(dir, 'lat2.sock'), '--cpu-latency=0']);
+  t.after(() => e.child.kill('SIGKILL'));
+  await waitFor(() => e.output().includes('vhost-device-can started'));
+  assert.equal(readCpuLatency(), 0);
+  e.child.kill('SIGTERM');
+  assert.equal(await exited(e.child), 0);
+  assert.equal(readCpuLatency(), before);
+});
+
+test('--cpu-latency refused (not root: the device is for root only): exit 1 with the cause and the fix, sockets removed', {
+  skip: cpuLatencySkip,
+}, async () => {
+  // A directory the unprivileged user can create its socket in.
+  const open = mkdtempSync(join(tmpdir(), 'vdc-lat-'));
+  chmodSync(open, 0o777);
+  const base = join(open, 'nobody.sock');
+  const asNobody = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'];
+  const child = spawn(
+    asNobody[0]!,
+    [...asNobody.slice(1), process.execPath, ...can.argv, '-s', base, '--cpu-latency=0'],
+    {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let out = '';
+  child.stdout.on('data', (x) => {
+    out += x;
+  });
+  child.stderr.on('data', (x) => {
+    out += x;
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await exited(child);
+  clearTimeout(timer);
+  rmSync(open, { recursive: true, force: true });
+  assert.equal(code, 1, out);
+  assert.match(
+    out,
+    /vhost-device-can: --cpu-latency=0: cannot hold the CPU latency limit through \/dev\/cpu_dma_latency \(EACCES: permission denied, open '\/dev\/cpu_dma_latency'\): the device is root's/,
+  );
+  assert.match(out, /\(ERR_CPU_LATENCY\)\n/);
+  assert.match(out, /listening/, 'it got as far as serving');
   assert.doesNotMatch(out, /vhost-device-can started/);
   assert.equal(existsSync(`${base}0`), false, 'the socket file is removed');
 });

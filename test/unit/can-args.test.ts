@@ -168,3 +168,17 @@ test('--realtime[=N]: bare is priority 10, =1..=99 accepted, anything else an er
   // After "--" it is an argument, not an option.
   assert.match(err(['-s', '/tmp/x', '--', '--realtime']), /unexpected argument "--realtime"/);
 });
+
+test('--cpu-latency US: 0..2000000000 microseconds, independent of --realtime', () => {
+  assert.equal(run(['-s', '/tmp/x']).cpuLatency, null);
+  assert.equal(run(['-s', '/tmp/x', '--realtime']).cpuLatency, null, 'not implied by --realtime');
+  assert.equal(run(['-s', '/tmp/x', '--cpu-latency', '0']).cpuLatency, 0);
+  assert.equal(run(['-s', '/tmp/x', '--cpu-latency=20']).cpuLatency, 20);
+  assert.equal(run(['-s', '/tmp/x', '--cpu-latency=2000000000']).cpuLatency, 2_000_000_000);
+  assert.match(err(['-s', '/tmp/x', '--cpu-latency=-1']), /^--cpu-latency expects an integer, got "-1"$/);
+  assert.match(
+    err(['-s', '/tmp/x', '--cpu-latency=2000000001']),
+    /^--cpu-latency must be between 0 and 2000000000, got 2000000001$/,
+  );
+  assert.match(err(['-s', '/tmp/x', '--cpu-latency=off']), /^--cpu-latency expects an integer, got "off"$/);
+});

@@ -1,9 +1,18 @@
 // enterRealtime (src/node/realtime.ts) with a stand-in for the addon's two scheduling calls: what it
 // asks the kernel for, the one log line, and the refusal's message (cause and fix).
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import type { LogFields, Logger } from '../../src/core/util/log.js';
-import { enterRealtime, RealtimeError, realtimeRefusal } from '../../src/node/realtime.js';
+import {
+  cpuLatencyRefusal,
+  enterRealtime,
+  holdCpuLatency,
+  RealtimeError,
+  realtimeRefusal,
+} from '../../src/node/realtime.js';
 
 function recorder(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
@@ -95,4 +104,58 @@ test('EINVAL and other errors name the reason too', () => {
     '--realtime=5: the kernel refused SCHED_FIFO priority 5 for the main thread (sched_setscheduler: No such process)',
   );
   assert.match(realtimeRefusal('odd', 5), /\(odd\)$/);
+});
+
+// holdCpuLatency against a plain file standing in for the device (the real one is covered by
+// test/integration/cli-can-realtime.test.ts): what it writes, the line it logs, its errors.
+test('holdCpuLatency writes the limit as one binary s32 in host byte order and logs one line', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vdc-lat-'));
+  try {
+    const device = join(dir, 'dev');
+    writeFileSync(device, '');
+    const { log, lines } = recorder();
+    const hold = holdCpuLatency(1234567, { device, log });
+    const bytes = readFileSync(device);
+    assert.equal(bytes.length, 4);
+    assert.equal(new Int32Array(new Uint8Array(bytes).buffer)[0], 1234567);
+    // A plain file reads nothing back after the write: the effective limit is the one asked.
+    assert.equal(hold.requestedUs, 1234567);
+    assert.equal(hold.effectiveUs, 1234567);
+    assert.deepEqual(lines, [
+      `info cpu-latency: idle CPUs held to a wake-up latency of at most 1234567 us {"device":"${device}","effectiveUs":1234567}`,
+    ]);
+    hold.release();
+    hold.release();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('holdCpuLatency: a limit outside 0..2000000000 is a RangeError; a missing device an ERR_CPU_LATENCY naming it', () => {
+  for (const us of [-1, 2_000_000_001, 0.5, Number.NaN]) {
+    assert.throws(() => holdCpuLatency(us, { device: '/nonexistent' }), RangeError, String(us));
+  }
+  const { log, lines } = recorder();
+  assert.throws(
+    () => holdCpuLatency(0, { device: '/nonexistent/cpu_dma_latency', log }),
+    (e: RealtimeError) => {
+      assert.ok(e instanceof RealtimeError);
+      assert.equal(e.code, 'ERR_CPU_LATENCY');
+      assert.equal((e.cause as { code?: string }).code, 'ENOENT');
+      assert.match(
+        e.message,
+        /^--cpu-latency=0: cannot hold the CPU latency limit through \/nonexistent\/cpu_dma_latency \(ENOENT: .*\): this kernel has no PM QoS CPU latency device/,
+      );
+      return true;
+    },
+  );
+  assert.deepEqual(lines, []);
+  const eacces = Object.assign(new Error("EACCES: permission denied, open '/dev/cpu_dma_latency'"), {
+    code: 'EACCES',
+  });
+  assert.match(cpuLatencyRefusal(eacces, 0, '/dev/cpu_dma_latency'), /: the device is root's/);
+  assert.equal(
+    cpuLatencyRefusal(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }), 7, '/d'),
+    '--cpu-latency=7: cannot hold the CPU latency limit through /d (EIO: i/o error)',
+  );
 });

@@ -29,7 +29,9 @@ if (files.length === 0) {
   console.error(`no test files found for: ${suites.join(' ')}`);
   process.exit(1);
 }
-const args = ['--import', 'tsx', '--expose-gc', '--test', '--test-reporter=spec'];
+// --single-threaded-gc: the e2e tests embed the daemon, and the vhost-device-can command runs node
+// with it (src/node/realtime-flags.ts); node --test passes it on to each test file's process.
+const args = ['--single-threaded-gc', '--import', 'tsx', '--expose-gc', '--test', '--test-reporter=spec'];
 if (process.env.TEST_CONCURRENCY) args.push(`--test-concurrency=${process.env.TEST_CONCURRENCY}`);
 const r = spawnSync(process.execPath, [...args, ...files], { stdio: 'inherit', cwd: root });
 process.exit(r.status ?? 1);

@@ -73,6 +73,7 @@ export {
   DEFAULT_REALTIME_PRIORITY,
   enterRealtime,
   holdCpuLatency,
+  REALTIME_NODE_FLAGS,
   RealtimeError,
   type RealtimeOptions,
   type RealtimeState,

@@ -27,6 +27,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { NativeAddon } from '../../src/node/native/addon.js';
+// The node options the vhost-device-can command runs with (its #! line, npm start).
+import { REALTIME_NODE_FLAGS } from '../../src/node/realtime-flags.js';
 import { sleep, trackDir } from './children.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -83,7 +85,7 @@ export async function prepareBuild(opts: {
     await waitForAddon(120_000, opts.log);
     return {
       kind: 'tsx',
-      daemonArgv: ['--import', 'tsx', join(REPO_ROOT, 'src/cli/vhost-device-can.ts')],
+      daemonArgv: [...REALTIME_NODE_FLAGS, '--import', 'tsx', join(REPO_ROOT, 'src/cli/vhost-device-can.ts')],
       consoleArgv: ['--import', 'tsx', join(REPO_ROOT, 'src/cli/vhost-device-console.ts')],
       workerArgv: ['--import', 'tsx', join(REPO_ROOT, 'bench/lib/worker.ts')],
       addonModule: pathToFileURL(join(REPO_ROOT, 'src/node/native/addon.ts')).href,
@@ -141,7 +143,7 @@ export async function prepareBuild(opts: {
   }
   return {
     kind: 'compiled',
-    daemonArgv: [daemonEntry],
+    daemonArgv: [...REALTIME_NODE_FLAGS, daemonEntry],
     consoleArgv: [consoleEntry],
     workerArgv: [workerEntry],
     addonModule: pathToFileURL(join(out, 'src/node/native/addon.js')).href,

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --single-threaded-gc
 /**
  * vhost-device-can: composition root. Parses the command line, wires the daemon (run-daemon.ts
  * handles the rest: help, exit codes, statistics, signals).

@@ -22,6 +22,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { type Logger, nullLogger } from '../core/util/log.js';
 import { CodedError } from './errors.js';
 import { native as defaultNative, type NativeAddon } from './native/addon.js';
+import { REALTIME_NODE_FLAGS } from './realtime-flags.js';
 
 /** The priority of a bare `--realtime` (what `chrt -f 10` gives). */
 export const DEFAULT_REALTIME_PRIORITY = 10;
@@ -32,6 +33,8 @@ export const MAX_REALTIME_PRIORITY = 99;
 export const CPU_LATENCY_DEVICE = '/dev/cpu_dma_latency';
 /** The kernel's "no limit" (PM_QOS_CPU_LATENCY_DEFAULT_VALUE, microseconds): the largest limit asked. */
 export const MAX_CPU_LATENCY_US = 2_000_000_000;
+
+export { REALTIME_NODE_FLAGS };
 
 export class RealtimeError extends CodedError<'ERR_REALTIME' | 'ERR_CPU_LATENCY'> {}
 
@@ -46,6 +49,8 @@ export interface RealtimeOptions {
   log?: Logger;
   /** The addon's two scheduling calls (default: the loaded addon; tests pass a stand-in). */
   native?: Pick<NativeAddon, 'schedSetFifo' | 'schedGet'>;
+  /** The node options the process started with (default process.execArgv), for the GC warning. */
+  execArgv?: readonly string[];
 }
 
 /**
@@ -70,6 +75,16 @@ export function enterRealtime(priority: number, opts: RealtimeOptions = {}): Rea
   log.info(`realtime: main thread ${now.policy} priority ${now.priority}`, {
     resetOnFork: now.resetOnFork,
   });
+  const execArgv = opts.execArgv ?? process.execArgv;
+  const missing = REALTIME_NODE_FLAGS.filter((f) => !execArgv.includes(f));
+  if (missing.length > 0) {
+    log.warn(
+      `realtime: node was started without ${missing.join(' ')}: V8's garbage collector then makes the ` +
+        'real-time main thread wait for helper threads at normal priority, which can stall it for tens ' +
+        'of milliseconds (the vhost-device-can command and npm start pass it; a program embedding the ' +
+        `daemon runs node ${missing.join(' ')} ...)`,
+    );
+  }
   return { policy: now.policy, priority: now.priority };
 }
 

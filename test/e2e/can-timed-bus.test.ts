@@ -8,17 +8,15 @@
 //   quite keep a 1 Mbit/s bus saturated: see docs/timed-bus.md.)
 import { test } from 'node:test';
 import { CanErr, type CanErrorFrame } from '../../src/core/bus/can-error.js';
-import type { CanFrame } from '../../src/core/bus/can-frame.js';
-import { frameBits } from '../../src/core/bus/frame-timing.js';
 import type { HubPort } from '../../src/core/bus/hub.js';
 import {
   canLinkState,
-  frameOf,
   parseGuestStats,
   skipWithoutKit,
   viaVirtio,
   withRun,
 } from './helpers/can-scenarios.js';
+import { floodTimedBus } from './helpers/timed-flood.js';
 
 const AFTER = '5A5#A55A';
 
@@ -102,71 +100,7 @@ for (const [bitrate, count] of [
     { skip: skipWithoutKit },
     withRun(`timed-rate-${bitrate / 1000}k`, async (run, t) => {
       run.startDaemon(1, { timing: { default: { bitrate } } });
-      const hub = run.can.hubFor(0);
-      const frames: CanFrame[] = [];
-      const arrivals: bigint[] = [];
-      const tap: HubPort = hub.attach(
-        {
-          onFramesAvailable() {
-            const now = process.hrtime.bigint();
-            for (let f = tap.take(); f !== undefined; f = tap.take()) {
-              frames.push(f);
-              arrivals.push(now);
-            }
-          },
-        },
-        { name: 'tap' },
-      );
-      const g = run.startGuest({
-        name: 'flooder',
-        scenario: `
-ip link set can0 up || fail "ip link set can0 up"
-signal ready
-await_host go 120
-cangen can0 -g 0 -p 10 -I 100 -L 8 -D 0000000000000000 -n ${count} || fail "cangen exit status $?"
-wait_stat tx_packets ${count} 60
-save_stats stats.txt
-`,
-      });
-      await run.waitFor(g, 'ready', 120_000);
-      run.tell(g, 'go');
-      const r = await g.done;
-      run.guestFinished(r);
-      run.equal(frames.length, count, 'every frame reached the bus');
-      const one = frameOf('100#0000000000000000');
-      const b = frameBits(one, false, false, { nominal: 0, data: 0, stuff: 0 });
-      const perFrame = (b.nominal * 1e9) / bitrate;
-      // As in the integration test: bus time spanned by the frames (idle time included) against
-      // wall-clock time (least-late frame of the first and last eighths), from 10 % in.
-      const first = Math.floor(count / 10);
-      const eighth = Math.floor((count - first) / 8);
-      const least = (from: number) => {
-        let best = { at: 0, late: Number.POSITIVE_INFINITY };
-        for (let i = from; i < from + eighth; i++) {
-          const late = Number(arrivals[i]! - frames[i]!.timestampNs);
-          if (late < best.late) best = { at: Number(frames[i]!.timestampNs), late };
-        }
-        return best;
-      };
-      const a = least(first);
-      const z = least(count - eighth);
-      const drift = (z.late - a.late) / (z.at - a.at);
-      const span = Number(frames[count - 1]!.timestampNs - frames[first]!.timestampNs);
-      const ratio = ((count - 1 - first) * perFrame) / (span * (1 + drift));
-      const timing = hub.stats().timing!;
-      const figures = {
-        bitrate,
-        frameBits: b.nominal,
-        exactFramesPerSecond: 1e9 / perFrame,
-        deliveredOverExact: ratio,
-        busTimeDrift: drift,
-        idleNs: span - (count - 1 - first) * perFrame,
-        lateP50Us: timing.lateP50Us,
-        lateP99Us: timing.lateP99Us,
-        guest: parseGuestStats(r.files('stats.txt')),
-      };
-      run.saveResults(figures);
-      t.diagnostic(JSON.stringify(figures));
+      const { deliveredOverExact: ratio } = await floodTimedBus(run, t, bitrate, count);
       run.ok(Math.abs(ratio - 1) < 0.01, `delivered/exact rate ${ratio} (within 1 %)`);
     }),
   );

@@ -7,6 +7,7 @@ import {
   spawn,
   spawnSync,
 } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
@@ -18,9 +19,13 @@ export interface Cli {
   start(args: string[], extraStdio?: (number | 'ignore')[]): { child: ChildProcess; output: () => string };
 }
 
-/** `entry` is a file under src/cli, e.g. "vhost-device-can.ts". */
+/**
+ * `entry` is a file under src/cli, e.g. "vhost-device-can.ts". Node gets the options the entry's
+ * `#!/usr/bin/env -S node OPTIONS` line gives it, as when the command is run.
+ */
 export function cli(entry: string): Cli {
-  const argv = ['--import', 'tsx', join(ROOT, 'src/cli', entry)];
+  const file = join(ROOT, 'src/cli', entry);
+  const argv = [...shebangNodeOptions(file), '--import', 'tsx', file];
   return {
     argv,
     runSync: (args, stdio) =>
@@ -45,6 +50,14 @@ export function cli(entry: string): Cli {
       return { child, output: () => out };
     },
   };
+}
+
+/** The node options of a `#!/usr/bin/env -S node OPTIONS` first line (none for `#!/usr/bin/env node`). */
+export function shebangNodeOptions(file: string): string[] {
+  const first = readFileSync(file, 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env(?: -S)? node(.*)$/.exec(first);
+  if (m === null) throw new Error(`${file}: not a node script (${first})`);
+  return m[1]!.split(' ').filter((x) => x !== '');
 }
 
 export async function waitFor(cond: () => boolean, ms = 15_000): Promise<void> {

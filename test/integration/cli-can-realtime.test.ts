@@ -61,6 +61,7 @@ test('--realtime=12: the main thread runs SCHED_FIFO 12, every other thread SCHE
   for (const x of others) assert.deepEqual([x.policy, x.rtPriority], [0, 0], `thread ${x.tid}`);
   assert.match(d.output(), /realtime: main thread SCHED_FIFO priority 12/);
   assert.doesNotMatch(d.output(), /untimed bus/, 'every bus is timed: no warning');
+  assert.doesNotMatch(d.output(), /single-threaded-gc/, 'node runs with the #! line options: no GC warning');
   // The line comes once the socket is bound, before "started".
   const out = d.output();
   assert.ok(out.indexOf('listening') < out.indexOf('realtime:'));
@@ -203,4 +204,28 @@ test('--cpu-latency refused (not root: the device is for root only): exit 1 with
   assert.match(out, /listening/, 'it got as far as serving');
   assert.doesNotMatch(out, /vhost-device-can started/);
   assert.equal(existsSync(`${base}0`), false, 'the socket file is removed');
+});
+
+test('started without the node options of its #! line, --realtime warns about the garbage collector', {
+  skip: fifoSkip,
+}, async (t) => {
+  const base = join(dir, 'gc.sock');
+  const argv = can.argv.filter((a) => a !== '--single-threaded-gc');
+  assert.equal(argv.length, can.argv.length - 1, 'the #! line gives --single-threaded-gc');
+  const child = spawn(process.execPath, [...argv, '-s', base, '--bitrate', 'default=500k', '--realtime'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => child.kill('SIGKILL'));
+  let out = '';
+  child.stderr.on('data', (x) => {
+    out += x;
+  });
+  await waitFor(() => out.includes('vhost-device-can started'));
+  assert.match(
+    out,
+    /WARN +realtime: node was started without --single-threaded-gc: .*stall it for tens of milliseconds/,
+  );
+  child.kill('SIGTERM');
+  assert.equal(await exited(child), 0);
 });

@@ -10,6 +10,7 @@ import {
   cpuLatencyRefusal,
   enterRealtime,
   holdCpuLatency,
+  REALTIME_NODE_FLAGS,
   RealtimeError,
   realtimeRefusal,
 } from '../../src/node/realtime.js';
@@ -51,9 +52,42 @@ test('asks for SCHED_FIFO with reset-on-fork and logs what the kernel reports af
     },
     schedGet: () => ({ ...state }),
   };
-  assert.deepEqual(enterRealtime(42, { native: stub, log }), { policy: 'SCHED_FIFO', priority: 42 });
+  const execArgv = ['--single-threaded-gc'];
+  assert.deepEqual(enterRealtime(42, { native: stub, log, execArgv }), {
+    policy: 'SCHED_FIFO',
+    priority: 42,
+  });
   assert.deepEqual(calls, [[42, true]]);
   assert.deepEqual(lines, ['info realtime: main thread SCHED_FIFO priority 42 {"resetOnFork":true}']);
+});
+
+test('node started without --single-threaded-gc: a warning naming the option and the stall', () => {
+  const { log, lines } = recorder();
+  const state = { policy: 'SCHED_OTHER', priority: 0, resetOnFork: false };
+  const stub = {
+    schedSetFifo(p: number, r: boolean) {
+      Object.assign(state, { policy: 'SCHED_FIFO', priority: p, resetOnFork: r });
+    },
+    schedGet: () => ({ ...state }),
+  };
+  enterRealtime(10, { native: stub, log, execArgv: ['--enable-source-maps'] });
+  assert.equal(lines.length, 2);
+  assert.match(
+    lines[1]!,
+    /^warn realtime: node was started without --single-threaded-gc: V8's garbage collector then makes the real-time main thread wait for helper threads at normal priority, which can stall it for tens of milliseconds/,
+  );
+  assert.deepEqual(REALTIME_NODE_FLAGS, ['--single-threaded-gc']);
+});
+
+test('the vhost-device-can command and npm start run node with REALTIME_NODE_FLAGS', () => {
+  const root = join(import.meta.dirname, '../..');
+  const shebang = readFileSync(join(root, 'src/cli/vhost-device-can.ts'), 'utf8').split('\n')[0]!;
+  assert.equal(shebang, `#!/usr/bin/env -S node ${REALTIME_NODE_FLAGS.join(' ')}`);
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+    scripts: Record<string, string>;
+  };
+  for (const f of REALTIME_NODE_FLAGS)
+    assert.ok(pkg.scripts.start!.split(' ').includes(f), pkg.scripts.start);
 });
 
 test('a refusal becomes an ERR_REALTIME error with the cause and the fix; nothing is logged', () => {

@@ -21,6 +21,22 @@ const can = cli('vhost-device-can.ts');
 const dir = mkdtempSync(join(tmpdir(), 'vdc-rt-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
+/** Runs `argv` (command first) to its exit, at most 20 s; its status and output (stdout, stderr). */
+async function runToExit(argv: string[]): Promise<{ code: number | null; out: string }> {
+  const child = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (x) => {
+    out += x;
+  });
+  child.stderr.on('data', (x) => {
+    out += x;
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await exited(child);
+  clearTimeout(timer);
+  return { code, out };
+}
+
 test('bad --realtime values exit 2 naming the problem', () => {
   const s = ['-s', join(dir, 'x'), '--bitrate', 'default=500k'];
   const cases: [string[], RegExp][] = [
@@ -99,21 +115,16 @@ test('refused by the kernel (no CAP_SYS_NICE, RLIMIT_RTPRIO 0): exit 1 with the 
   skip: refuseSkip,
 }, async () => {
   const base = join(dir, 'refused.sock');
-  const argv = [...WITHOUT_SYS_NICE, process.execPath, ...can.argv, '-s', base, '--bitrate', 'default=500k'];
-  const child = spawn(argv[0]!, [...argv.slice(1), '--realtime=12'], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (x) => {
-    out += x;
-  });
-  child.stderr.on('data', (x) => {
-    out += x;
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const code = await exited(child);
-  clearTimeout(timer);
+  const { code, out } = await runToExit([
+    ...WITHOUT_SYS_NICE,
+    process.execPath,
+    ...can.argv,
+    '-s',
+    base,
+    '--bitrate',
+    'default=500k',
+    '--realtime=12',
+  ]);
   assert.equal(code, 1, out);
   assert.match(
     out,
@@ -176,24 +187,14 @@ test('--cpu-latency refused (not root: the device is for root only): exit 1 with
   chmodSync(open, 0o777);
   const base = join(open, 'nobody.sock');
   const asNobody = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'];
-  const child = spawn(
-    asNobody[0]!,
-    [...asNobody.slice(1), process.execPath, ...can.argv, '-s', base, '--cpu-latency=0'],
-    {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  let out = '';
-  child.stdout.on('data', (x) => {
-    out += x;
-  });
-  child.stderr.on('data', (x) => {
-    out += x;
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const code = await exited(child);
-  clearTimeout(timer);
+  const { code, out } = await runToExit([
+    ...asNobody,
+    process.execPath,
+    ...can.argv,
+    '-s',
+    base,
+    '--cpu-latency=0',
+  ]);
   rmSync(open, { recursive: true, force: true });
   assert.equal(code, 1, out);
   assert.match(

@@ -409,7 +409,8 @@ ${portKindsHelp()}${TIMING_HELP}    --realtime[=N]
         other processes keep the cores busy (docs/timed-bus.md). libuv's thread pool and the
         other threads stay at normal priority. Needs root, CAP_SYS_NICE or \`ulimit -r N\`;
         refused, the daemon exits with status 1. A flood on an untimed bus keeps a core busy at
-        real-time priority (warned at start).
+        real-time priority (warned at start). This command runs node with --single-threaded-gc,
+        without which garbage collection can stall the real-time thread (warned at start).
     --cpu-latency US
         Once serving, hold the kernel's CPU latency limit (/dev/cpu_dma_latency) at US
         microseconds (0..2000000000) while the daemon runs: idle CPUs then only enter idle

@@ -36,12 +36,7 @@ wait_stat tx_packets 1
 signal up
 await_host busoff
 # The config-change interrupt is asynchronous: poll until the driver has seen the status bit.
-n=0
-until ip -details link show can0 | grep -q 'state BUS-OFF'; do
-  n=$((n + 1)); [ $n -le 200 ] || { ip -details link show can0 > /mnt/link-busoff.txt; fail "no BUS-OFF"; }
-  sleep 0.05
-done
-ip -details -statistics link show can0 > /mnt/link-busoff.txt
+wait_busoff
 signal seen-busoff
 await_host during
 ip link set can0 down || fail "ip link set can0 down"

@@ -39,12 +39,7 @@ test(
 ip link set can0 up || fail "ip link set can0 up"
 ip -details link show can0 > /mnt/link-before.txt
 cansend can0 123#1122 || fail "cansend"
-n=0
-until ip -details link show can0 | grep -q 'state BUS-OFF'; do
-  n=$((n + 1)); [ $n -le 200 ] || { ip -details link show can0 > /mnt/link-busoff.txt; fail "no BUS-OFF"; }
-  sleep 0.05
-done
-ip -details -statistics link show can0 > /mnt/link-busoff.txt
+wait_busoff
 signal busoff
 await_host fixed
 ip link set can0 down || fail "ip link set can0 down"

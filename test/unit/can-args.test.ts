@@ -1,18 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CAN_HELP, parseBusEntry, parseCanArgs, socketPaths } from '../../src/cli/can-args.js';
-
-function run(argv: string[]) {
-  const r = parseCanArgs(argv);
-  assert.equal(r.kind, 'run', r.kind === 'error' ? r.message : r.kind);
-  return (r as Extract<typeof r, { kind: 'run' }>).options;
-}
-
-function err(argv: string[]): string {
-  const r = parseCanArgs(argv);
-  assert.equal(r.kind, 'error');
-  return (r as { message: string }).message;
-}
+import { err, run } from './support/can-args.js';
 
 test('reference command lines parse the same way (drop-in)', () => {
   const a = run(['--socket-path=can.sock', '--can-devices=vcan0']);

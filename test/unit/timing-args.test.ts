@@ -1,25 +1,14 @@
 // --bitrate, --ack and --fault: syntax, checks against the buses, messages.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CAN_HELP, parseCanArgs } from '../../src/cli/can-args.js';
+import { CAN_HELP } from '../../src/cli/can-args.js';
 import {
   parseBitrateEntry,
   parseBitrateValue,
   parseDurationMs,
   parseFaultEntry,
 } from '../../src/cli/timing-args.js';
-
-function run(argv: string[]) {
-  const r = parseCanArgs(argv);
-  assert.equal(r.kind, 'run', r.kind === 'error' ? r.message : r.kind);
-  return (r as Extract<typeof r, { kind: 'run' }>).options;
-}
-
-function err(argv: string[]): string {
-  const r = parseCanArgs(argv);
-  assert.equal(r.kind, 'error');
-  return (r as { message: string }).message;
-}
+import { err, run } from './support/can-args.js';
 
 test('bit rates and durations', () => {
   assert.equal(parseBitrateValue('500000'), 500_000);

@@ -9,22 +9,16 @@
  * command line (`--fault`) are the hubs' too, so they show here and can be cleared here.
  */
 import { CanHubError } from '../../core/bus/errors.js';
-import { MAX_FAULT_DURATION_MS, type PortFault } from '../../core/bus/faults.js';
+import {
+  MAX_FAULT_DURATION_MS,
+  PORT_FAULT_KINDS,
+  type PortFault,
+  type PortFaultKind,
+} from '../../core/bus/faults.js';
 import { BUS_STATES, type BusState, type CanHub } from '../../core/bus/hub.js';
 import { CodedError } from '../errors.js';
 
-export type { PortFault } from '../../core/bus/faults.js';
-
-export type PortFaultKind = PortFault['kind'];
-
-export const PORT_FAULT_KINDS: readonly PortFaultKind[] = Object.freeze([
-  'bus-state',
-  'drop',
-  'delay',
-  'bitrate-mismatch',
-  'no-ack',
-  'error-frames',
-]);
+export { PORT_FAULT_KINDS, type PortFault, type PortFaultKind } from '../../core/bus/faults.js';
 
 export interface ActiveFault {
   readonly id: number;

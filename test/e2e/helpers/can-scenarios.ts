@@ -80,6 +80,15 @@ wait_stat() {
     sleep 0.05
   done
 }
+# wait_busoff: until can0 reports state BUS-OFF (10 s); its details then go to /mnt/link-busoff.txt
+wait_busoff() {
+  _n=0
+  until ip -details link show can0 | grep -q 'state BUS-OFF'; do
+    _n=$((_n + 1)); [ $_n -le 200 ] || { ip -details link show can0 > /mnt/link-busoff.txt; fail "no BUS-OFF"; }
+    sleep 0.05
+  done
+  ip -details -statistics link show can0 > /mnt/link-busoff.txt
+}
 # save_stats NAME: every can0 counter as "name value" lines into /mnt/NAME
 save_stats() {
   for _f in /sys/class/net/can0/statistics/*; do echo "$(basename "$_f") $(cat "$_f")"; done > "/mnt/$1"
